@@ -1,0 +1,578 @@
+"""
+LLaMA 1, 2 and 3 in one readable file, loaded from and saved to HuggingFace's safetensors layout.
+
+    model = Transformer.from_pretrained("path/to/Llama-2-7b-hf", device="cuda", dtype=torch.bfloat16)
+    logits = model(idx)                                   # (B, T, vocab)
+    ce = model(idx, targets)                              # (B, T) per-token cross-entropy, fp32, never (B, T, vocab) fp32
+    out = model.generate(prompts, max_new_tokens=64, eos_id=2)
+    model.save_pretrained("out/")                         # transformers.LlamaForCausalLM.from_pretrained("out/") works
+
+Module and parameter names follow HF's, without the "model." prefix, so a checkpoint key is one string
+operation away from ours (`hf_key`, `our_key`). The architecture numbers come from config.json only.
+"""
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 32              # < n_heads: grouped-query attention (LLaMA-2-70B, LLaMA 3)
+    head_dim: int = 128
+    hidden_dim: int = 11008           # SwiGLU width, HF's intermediate_size
+    vocab_size: int = 32000
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # None, {"rope_type": "linear", "factor"} or {"rope_type": "llama3", ...}
+    max_seq_len: int = 4096           # HF's max_position_embeddings: the length of the RoPE tables
+    tie_word_embeddings: bool = False
+    bos_id: int | None = 1
+    eos_id: int | list | None = 2
+    dropout: float = 0.0              # training only (attention and residual dropout); not saved in config.json
+
+    @classmethod
+    def from_hf_config(cls, cfg, source="config.json"):
+        """ModelArgs from an HF LlamaConfig dict; anything we would not compute exactly as HF does is refused."""
+        def bad(msg):
+            raise ValueError(f"{source}: {msg}")
+
+        archs = cfg.get("architectures") or ["LlamaForCausalLM"]
+        if cfg.get("model_type", "llama") != "llama" or archs != ["LlamaForCausalLM"]:
+            bad(f"unsupported architecture {cfg.get('model_type')!r} / {archs} (only model_type 'llama', LlamaForCausalLM)")
+        if cfg.get("hidden_act", "silu") != "silu":
+            bad(f"unsupported hidden_act {cfg['hidden_act']!r} (LLaMA uses 'silu')")
+        for key in ("attention_bias", "mlp_bias"):
+            if cfg.get(key, False):
+                bad(f"{key}=true is not supported (LLaMA has no biases)")
+        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+            if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
+                bad(f"{key} must be a positive integer, got {cfg.get(key)!r}")
+        n_heads = cfg["num_attention_heads"]
+        n_kv_heads = cfg.get("num_key_value_heads") or n_heads
+        if n_heads % n_kv_heads:
+            bad(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}")
+        # transformers 4.x writes rope_theta + rope_scaling; 5.x writes rope_parameters (theta and scaling together)
+        rope = dict(cfg.get("rope_parameters") or {})
+        rope.update(cfg.get("rope_scaling") or {})
+        rope_theta = float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0)))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type == "default":
+            rope_scaling = None
+        elif rope_type in ("linear", "llama3"):
+            rope_scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "type")}
+            rope_scaling["rope_type"] = rope_type
+        else:
+            bad(f"unsupported rope type {rope_type!r} (supported: default, linear, llama3)")
+        return cls(
+            dim=cfg["hidden_size"],
+            n_layers=cfg["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
+            hidden_dim=cfg["intermediate_size"],
+            vocab_size=cfg["vocab_size"],
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            max_seq_len=cfg.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            bos_id=cfg.get("bos_token_id"),
+            eos_id=cfg.get("eos_token_id"),
+        )
+
+    def to_hf_config(self, dtype=torch.float32):
+        """The config.json that makes transformers.LlamaForCausalLM build exactly this model."""
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.dim,
+            "intermediate_size": self.hidden_dim,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_seq_len,
+            "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.rope_scaling,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_id,
+            "eos_token_id": self.eos_id,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "mlp_bias": False,
+            "initializer_range": 0.02,
+            "pretraining_tp": 1,
+            "use_cache": True,
+            "torch_dtype": str(dtype).removeprefix("torch."),
+        }
+
+
+# -----------------------------------------------------------------------------
+# building blocks
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in fp32 and cast back before the weight, as LLaMA and HF do (matters in bf16)
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.type_as(x)
+
+
+def rope_frequencies(args):
+    """Inverse frequencies (head_dim/2,) of the rotary embedding, with linear or llama3 scaling applied."""
+    hd = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    s = args.rope_scaling
+    if s is None:
+        return inv_freq
+    if s["rope_type"] == "linear":  # position interpolation: positions are divided by the factor
+        return inv_freq / s["factor"]
+    # llama3: long wavelengths are slowed by `factor`, short ones kept, a smooth blend in between
+    factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / lo, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+    return torch.where(medium, blended, scaled)
+
+
+def rope_tables(args, device=None):
+    inv_freq = rope_frequencies(args).to(device)
+    t = torch.arange(args.max_seq_len, device=device, dtype=torch.int64).float()
+    freqs = torch.outer(t, inv_freq)               # (max_seq_len, head_dim/2)
+    emb = torch.cat((freqs, freqs), dim=-1)        # (max_seq_len, head_dim): HF's half-split layout, not interleaved
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    # x (B, H, T, hd); cos, sin (T, hd) or (B, 1, T, hd). HF checkpoints store q/k rows permuted for this
+    # half-split rotation (rotate_half), which is why it is not Meta's interleaved complex multiply.
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.dropout = args.dropout
+        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, cache=None, start_pos=0):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            # static cache: write this step's keys/values in place, attend to everything written so far
+            k_cache, v_cache = cache
+            k_cache[:, :, start_pos:start_pos + T] = k
+            v_cache[:, :, start_pos:start_pos + T] = v
+            k, v = k_cache[:, :, :start_pos + T], v_cache[:, :, :start_pos + T]       # (B, nkv, S, hd)
+            if T > 1 and start_pos > 0 and mask is None:  # a chunk after a prefix: causal, offset by start_pos
+                S = start_pos + T
+                mask = torch.arange(S, device=x.device) <= torch.arange(start_pos, S, device=x.device)[:, None]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_heads != self.n_heads,
+        )                                                                               # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return F.dropout(self.o_proj(y), self.dropout, self.training)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.dropout = args.dropout
+        self.gate_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(args.hidden_dim, args.dim, bias=False)
+
+    def forward(self, x):
+        return F.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.self_attn = Attention(args)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.mlp = FeedForward(args)
+
+    def forward(self, x, cos, sin, mask=None, cache=None, start_pos=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# -----------------------------------------------------------------------------
+# cross-entropy over the vocabulary without holding (N, vocab) fp32 logits
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy of (h @ weight.T) against targets, `chunk` rows at a time.
+
+    Only one chunk's logits exist at once, in forward and in backward (which recomputes them: one extra
+    head matmul, ~1-2% of a LLaMA step, for not storing N x vocab activations). Targets < 0 are ignored
+    (loss 0, no gradient). Label smoothing is PyTorch's: (1-eps) * nll + eps * mean over the vocab of -log p.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, label_smoothing, chunk):
+        N = h.shape[0]
+        ce = torch.empty(N, dtype=torch.float32, device=h.device)
+        for s in range(0, N, chunk):
+            logits = (h[s:s + chunk] @ weight.T).float()                           # (n, V)
+            t = targets[s:s + chunk]
+            lse = torch.logsumexp(logits, dim=-1)                                  # (n,)
+            loss = lse - logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)      # -log p(target)
+            if label_smoothing > 0:
+                loss = (1 - label_smoothing) * loss + label_smoothing * (lse - logits.mean(dim=-1))
+            ce[s:s + chunk] = torch.where(t >= 0, loss, 0.0)
+        ctx.save_for_backward(h, weight, targets)
+        ctx.label_smoothing, ctx.chunk = label_smoothing, chunk
+        return ce
+
+    @staticmethod
+    def backward(ctx, grad_ce):
+        h, weight, targets = ctx.saved_tensors
+        eps, chunk = ctx.label_smoothing, ctx.chunk
+        V = weight.shape[0]
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # fp32: summed over chunks
+        for s in range(0, h.shape[0], chunk):
+            hc, t = h[s:s + chunk], targets[s:s + chunk]
+            g = torch.where(t >= 0, grad_ce[s:s + chunk], 0.0)                     # (n,)
+            dlogits = torch.softmax((hc @ weight.T).float(), dim=-1)               # (n, V), d loss / d logits =
+            if eps > 0:                                                            #   p - (1-eps) onehot - eps/V
+                dlogits -= eps / V
+            dlogits[torch.arange(len(t), device=t.device), t.clamp(min=0)] -= 1 - eps
+            dlogits = (dlogits * g[:, None]).to(h.dtype)
+            grad_h[s:s + chunk] = dlogits @ weight
+            grad_w += (dlogits.T @ hc).float()  # (V, dim): each chunk's product in the model dtype, the sum in fp32
+        return grad_h, grad_w.to(weight.dtype), None, None, None
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+def hf_key(name):
+    """our parameter name -> the HF checkpoint key"""
+    return name if name.startswith("lm_head.") else "model." + name
+
+
+def our_key(key):
+    return key if key.startswith("lm_head.") else key.removeprefix("model.")
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.reset_rope()
+        self.apply(self._init_weights)  # a no-op on the meta device, where from_pretrained builds the model
+
+    def _init_weights(self, module):
+        # HF's LLaMA initialisation (initializer_range 0.02): for training from scratch and random-weight benchmarks
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def reset_rope(self, device=None):
+        # RoPE tables are buffers computed in fp32 (not saved): model.to(bf16) casts them just as HF casts its cos/sin
+        device = device or self.embed_tokens.weight.device
+        cos, sin = rope_tables(self.args, device=device)
+        dtype = self.embed_tokens.weight.dtype
+        self.register_buffer("rope_cos", cos.to(dtype), persistent=False)
+        self.register_buffer("rope_sin", sin.to(dtype), persistent=False)
+
+    def forward(self, idx, targets=None, *, input_pos=None, mask=None, cache=None, start_pos=0,
+                label_smoothing=0.0, return_hidden=False, ce_chunk=None):
+        """idx (B, T) token ids.
+        Returns logits (B, T, vocab) in the model's dtype; or, with targets (B, T) (-1 = ignore), the per-token
+        cross-entropy (B, T) in fp32, computed in chunks; or, with return_hidden, the final-norm hidden states.
+        input_pos (T,) or (B, T): RoPE positions (default 0..T-1; for packed sequences); mask: a boolean SDPA mask,
+        True = attend (default causal); cache / start_pos: a KV cache from make_cache() and where this chunk starts.
+        """
+        B, T = idx.shape
+        if cache is not None:
+            input_pos = torch.arange(start_pos, start_pos + T, device=idx.device)
+        if input_pos is None:
+            if T > self.rope_cos.shape[0]:
+                raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.args.max_seq_len}")
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]                          # (T, hd)
+        else:
+            cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]            # (T, hd) or (B, T, hd)
+            if input_pos.dim() == 2:
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)                        # (B, 1, T, hd)
+        x = self.embed_tokens(idx)                                                   # (B, T, dim)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, None if cache is None else cache[i], start_pos)
+        x = self.norm(x)                                                             # (B, T, dim)
+        if return_hidden:
+            return x
+        if targets is None:
+            return self.lm_head(x)                                                   # (B, T, vocab)
+        chunk = ce_chunk or max(1, 2 ** 26 // self.args.vocab_size)  # ~256 MB of fp32 logits per chunk
+        ce = ChunkedCrossEntropy.apply(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(B * T),
+                                       float(label_smoothing), chunk)
+        return ce.view(B, T)
+
+    # -------------------------------------------------------------------------
+    # generation
+
+    def make_cache(self, batch_size, max_len, device=None, dtype=None):
+        """A static KV cache: one (k, v) pair of (B, n_kv_heads, max_len, head_dim) per layer, allocated once."""
+        p = self.lm_head.weight
+        shape = (batch_size, self.args.n_kv_heads, max_len, self.args.head_dim)
+        return [(torch.empty(shape, device=device or p.device, dtype=dtype or p.dtype),
+                 torch.empty(shape, device=device or p.device, dtype=dtype or p.dtype)) for _ in self.layers]
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, top_p=None, eos_id=None, generator=None):
+        """Batched generation with a static KV cache; temperature 0 is greedy (argmax, as HF's do_sample=False).
+
+        idx: a LongTensor (B, T), or a list of token-id lists of different lengths. Returns prompt + new tokens:
+        a (B, T + n) tensor padded after a row's EOS with the EOS id (as HF does), or, for list input, a list of
+        lists, each ending at its EOS (included) or after max_new_tokens new tokens.
+        eos_id: an id or a list of ids that end a row; None never stops early.
+
+        Rows of different lengths share positions without padding (as Meta's reference code does): the batch
+        is prefilled up to the shortest prompt, then advances one position at a time, and a row whose prompt is
+        not yet exhausted is fed its own next prompt token instead of the sampled one. No row ever attends to
+        padding, so each row's result is exactly what it would be alone.
+        """
+        as_list = not torch.is_tensor(idx)
+        device = self.lm_head.weight.device
+        prompts = [list(map(int, p)) for p in idx] if as_list else idx.tolist()
+        if not prompts or min(map(len, prompts)) == 0:
+            raise ValueError("generate needs at least one prompt and every prompt needs at least one token")
+        B = len(prompts)
+        lens = torch.tensor([len(p) for p in prompts], device=device)
+        min_len, max_len = min(map(len, prompts)), max(map(len, prompts))
+        total = max_len + max_new_tokens
+        if total > self.args.max_seq_len:
+            raise ValueError(f"prompt ({max_len}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
+                             f"{self.args.max_seq_len}")
+        eos = torch.tensor([] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id),
+                           device=device, dtype=torch.long)
+        fill = int(eos[0]) if len(eos) else 0
+        tokens = torch.full((B, total), fill, dtype=torch.long, device=device)
+        for b, p in enumerate(prompts):
+            tokens[b, :len(p)] = torch.tensor(p, device=device)
+        pos = torch.arange(total, device=device)
+        in_prompt = pos[None, :] < lens[:, None]                                     # (B, total)
+        limit = lens + max_new_tokens                                                # (B,) a row's end
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        end = torch.full((B,), total, device=device)                                 # (B,) a row's length
+        cache = self.make_cache(B, total)
+        prev = 0
+        for cur in range(min_len, total):
+            h = self(tokens[:, prev:cur], cache=cache, start_pos=prev, return_hidden=True)[:, -1]  # (B, dim)
+            nxt = sample(self.lm_head(h), temperature, top_k, top_p, generator)                    # (B,)
+            nxt = torch.where(in_prompt[:, cur], tokens[:, cur], nxt)
+            nxt = torch.where(done, fill, nxt)
+            tokens[:, cur] = nxt
+            new = ~in_prompt[:, cur] & ~done
+            finished = new & (torch.isin(nxt, eos) | (cur + 1 >= limit))
+            end = torch.where(finished, cur + 1, end)
+            done |= finished
+            prev = cur
+            if cur >= max_len and done.all():  # one host sync per step, only once all prompts are consumed
+                break
+        if as_list:
+            return [tokens[b, :int(end[b])].tolist() for b in range(B)]
+        return tokens[:, :int(end.max())]
+
+    # -------------------------------------------------------------------------
+    # HF checkpoints
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", dtype=None):
+        """Load an HF LLaMA directory (config.json + model.safetensors or a sharded model.safetensors.index.json).
+
+        The model is built on the meta device and each tensor is read from the memory-mapped file straight into
+        its final device and dtype, so a checkpoint needs about its own size in memory, not twice that.
+        dtype None keeps the dtype stored in the checkpoint.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model directory not found: {path}")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no config.json in {path}")
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path / 'config.json'} is not valid JSON: {e}") from None
+        args = ModelArgs.from_hf_config(cfg, source=str(path / "config.json"))
+        files = checkpoint_files(path)
+
+        with torch.device("meta"):
+            model = cls(args)
+        expected = {hf_key(k): p.shape for k, p in model.named_parameters()}  # a tied head appears once
+        found = {}
+        for f in files:
+            with safe_open(f, framework="pt") as sf:
+                for k in sf.keys():
+                    if k in found:
+                        raise ValueError(f"tensor {k} appears in both {found[k][0].name} and {f.name}")
+                    found[k] = (f, tuple(sf.get_slice(k).get_shape()))
+        ignored = {k for k in found if re.search(r"\.rotary_emb\.inv_freq$", k)}  # old checkpoints saved RoPE buffers
+        if args.tie_word_embeddings and "lm_head.weight" in found:
+            ignored.add("lm_head.weight")  # some tied checkpoints store the head too; HF ties it and ignores it
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected) - ignored)
+        if missing:
+            raise ValueError(f"{path}: missing tensor(s) {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        if extra:
+            raise ValueError(f"{path}: unexpected tensor(s) {', '.join(extra[:5])}" + (" ..." if len(extra) > 5 else ""))
+        for k, shape in expected.items():
+            if found[k][1] != tuple(shape):
+                raise ValueError(f"{path}: tensor {k} has shape {list(found[k][1])}, expected {list(shape)} from config.json")
+
+        for f in files:
+            with safe_open(f, framework="pt", device="cpu") as sf:
+                for k in sf.keys():
+                    if k in ignored:
+                        continue
+                    t = sf.get_tensor(k)
+                    t = t.to(device=device, dtype=dtype or t.dtype)
+                    mod, _, attr = our_key(k).rpartition(".")
+                    setattr(model.get_submodule(mod), attr, nn.Parameter(t))
+                    del t
+        if args.tie_word_embeddings:
+            model.lm_head.weight = model.embed_tokens.weight
+        model.reset_rope(device=device)
+        return model.eval()
+
+    def save_pretrained(self, path, dtype=None, max_shard_bytes=5 * 2 ** 30):
+        """Write config.json and model.safetensors (or shards + index above max_shard_bytes) in HF's layout."""
+        sd = {hf_key(k): v for k, v in self.state_dict().items()}
+        save_hf_checkpoint(sd, self.args, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+    def num_params(self, exclude_embedding=True):
+        # the embedding lookup costs no FLOPs; a tied head is counted once, as the head
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embedding and not self.args.tie_word_embeddings:
+            n -= self.embed_tokens.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token: 6N for the matmuls (forward + backward) + 12·L·H·Q·T for attention."""
+        a = self.args
+        return 6 * self.num_params() + 12 * a.n_layers * a.n_heads * a.head_dim * seq_len
+
+
+def sample(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
+    """logits (B, V) -> next token ids (B,): argmax at temperature 0, else temperature, top-k, top-p (HF's order)."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest prefix reaching top_p (at least one)
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+def checkpoint_files(path):
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{index} is not a valid safetensors index ({e})") from None
+        files = [path / name for name in dict.fromkeys(weight_map.values())]
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        bins = sorted(p.name for p in path.glob("pytorch_model*.bin"))
+        hint = f" (found {bins[0]}: convert it to safetensors first)" if bins else ""
+        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}{hint}")
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"checkpoint shard missing: {f}")
+    return files
+
+
+def atomic_write(path, write):
+    """write(tmp_path) then rename over path: a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_hf_checkpoint(state_dict, args, path, dtype=None, max_shard_bytes=5 * 2 ** 30):
+    """state_dict with HF keys -> path/config.json + model.safetensors (or shards + index). Each file atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if args.tie_word_embeddings:
+        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}  # stored once, as HF does
+    tensors = {k: v.detach().to(device="cpu", dtype=dtype or v.dtype).contiguous() for k, v in state_dict.items()}
+    dtype = dtype or next(iter(tensors.values())).dtype
+    shards, size = [[]], 0
+    for k, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(k)
+        size += nbytes
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    for name, keys in zip(names, shards):
+        atomic_write(path / name, lambda tmp: save_file({k: tensors[k] for k in keys}, tmp, metadata={"format": "pt"}))
+    index = path / "model.safetensors.index.json"
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
+        atomic_write(index, lambda tmp: tmp.write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)))
+    # remove what an earlier save with a different sharding left behind, so the directory has one checkpoint
+    for old in list(path.glob("model*.safetensors")) + ([index] if len(shards) == 1 else []):
+        if old.name not in names and old.exists():
+            old.unlink()
+    atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(args.to_hf_config(dtype), indent=2) + "\n"))
