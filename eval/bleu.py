@@ -1,0 +1,281 @@
+"""
+BLEU exactly as sacreBLEU computes it by default, in plain Python (standard library only).
+
+    corpus_bleu(hypotheses, references) -> float     # == sacrebleu.corpus_bleu(hypotheses, [references]).score
+    sentence_bleu(hypothesis, references) -> float   # == sacrebleu.sentence_bleu(hypothesis, [references]).score
+    bleu_stats(hypotheses, references) -> dict       # the score with its precisions, bp, lengths and counts
+    tokenize_13a(line) -> list[str]                  # the tokens BLEU compares
+
+"sacreBLEU's default" is the WMT recipe, signature nrefs:N|case:mixed|eff:no|tok:13a|smooth:exp:
+  - 13a tokenization (mteval-v13a.pl's): ASCII punctuation becomes separate tokens, except that periods and commas
+    stay inside numbers ("3.14", "1,000") and hyphens inside words ("well-known"; but "10-year" -> "10 - year");
+    case-sensitive;
+  - modified n-gram precisions for n = 1..4: a hypothesis n-gram matches at most as many times as it occurs in the
+    reference that has it most often;
+  - 'exp' smoothing (mteval's): the k-th order with no match (k counting such orders only) gets precision
+    1 / (2^k * total) instead of 0; but a corpus with no match of any order scores 0;
+  - brevity penalty exp(1 - r/c) when c < r, c = hypothesis tokens, r = sum over segments of the reference length
+    closest to the hypothesis length (on a tie the shorter reference);
+  - the geometric mean over all 4 orders (an order with no n-grams at all, i.e. every hypothesis shorter than n,
+    makes the corpus score 0); sentence_bleu uses sacreBLEU's sentence default, "effective order": only the orders
+    the hypothesis has n-grams of.
+Scores are on sacreBLEU's 0-100 scale and equal to its floats (tests/test_bleu.py checks 1e-9 on adversarial
+and random corpora). About 2.5x faster than sacreBLEU on 10,000 Alpaca-length segments: the tokenizer's regexes run
+once over the whole corpus rather than once per segment, and n-grams are counted in C-level Counter/map calls.
+
+CLI, one segment per line (UTF-8), several REF_FILEs for several references per segment:
+    python eval/bleu.py HYP_FILE REF_FILE [REF_FILE ...]
+"""
+import math
+import re
+import string
+import sys
+from collections import Counter
+from itertools import chain, repeat
+
+MAX_ORDER = 4
+
+# -----------------------------------------------------------------------------
+# 13a tokenization
+
+# Step 1 pads every ASCII punctuation mark with spaces except the four that can sit inside numbers and words:
+# apostrophe ("don't"), period, comma ("3.14", "1,000") and hyphen ("well-known").
+_SYMBOLS = ''.join(c for c in string.punctuation if c not in "',-.")
+_SYMBOL = re.compile(f'([{re.escape(_SYMBOLS)}])')
+# mteval's regex pads the space character too; we don't, because that cannot change a token and costs time. Steps
+# 2-4 decide each split from a character's immediate neighbours (and steps 2-3 from whether the left neighbour was the
+# period/comma of the previous match), where a space only ever counts as "a non-digit": a run of 3 spaces acts
+# exactly like 1, and the final whitespace split is the same (tests/test_bleu.py checks every short string).
+# Steps 2-4, in this order, each over the previous one's output:
+_NONDIGIT_THEN_STOP = re.compile(r'([^0-9])([.,])')  # "end." -> "end . ": split a period/comma off a non-digit...
+_STOP_THEN_NONDIGIT = re.compile(r'([.,])([^0-9])')  # ...and off a non-digit after it: ".x" -> " . x", "3.14" stays
+_DIGIT_THEN_DASH = re.compile(r'-(?<=[0-9]-)')       # a dash after a digit: "3-4" -> "3 - 4", "10-year" -> "10 - year"
+# Steps 2 and 3 consume both characters they match, and that is part of their meaning: in "a..1" step 2 splits the
+# first "." but not the second (its left neighbour was consumed), and step 3 then leaves ".1" whole, while "a...1"
+# splits into 5 tokens. So we keep those two regexes exactly and only make applying them cheap (see _pad_stops).
+# Step 4 cannot overlap itself, so a lookbehind does the same; it starts with the literal "-" for a fast scan.
+_PADDED = {'.': ' . ', ',': ' , '}
+
+
+def _pad_stops(pattern, text, group):
+    """re.sub(pattern, <the match with spaces around its period/comma group>, text).
+
+    Python 3.11 expands a replacement template like r'\\1 \\2 ' with a Python call per match; splitting on the two
+    groups and swapping the period/comma group for its padded self gives the same string, built in C."""
+    parts = pattern.split(text)  # [before, g1, g2, between, g1, g2, ..., after]
+    parts[group::3] = map(_PADDED.__getitem__, parts[group::3])
+    return ''.join(parts)
+
+
+def _clean(line):
+    """mteval's language-independent part on one segment, in sacreBLEU's order."""
+    line = line.rstrip()  # sacreBLEU strips first, so a final "-\n" is a dash, not a line broken at a hyphen
+    if '<skipped>' in line:
+        line = line.replace('<skipped>', '')
+    if '\n' in line:
+        line = line.replace('-\n', '').replace('\n', ' ')
+    if '&' in line:
+        # only these four entities, in this order: "&amp;quot;" ends as "&quot;", but "&amp;lt;" as "<"
+        line = line.replace('&quot;', '"').replace('&amp;', '&').replace('&lt;', '<').replace('&gt;', '>')
+    return line
+
+
+def _tokenize_all(lines):
+    """13a-tokenize many segments at once: list of str -> list of token lists.
+
+    The regexes run once over all segments joined as ' seg1 \\n seg2 \\n ... '. That is exact: cleaned segments
+    hold no newline, each is padded with spaces as mteval pads it, and no rule can match across ' \\n ' (neither
+    character is a symbol, period, comma, dash or digit), so each segment gets the matches it gets alone."""
+    text = ' ' + ' \n '.join(map(_clean, lines)) + ' '
+    text = ' '.join(_SYMBOL.split(text))  # splitting on a captured symbol and joining with ' ' pads each symbol
+    text = _pad_stops(_NONDIGIT_THEN_STOP, text, 2)  # r'\1 \2 '
+    text = _pad_stops(_STOP_THEN_NONDIGIT, text, 1)  # r' \1 \2'
+    text = _DIGIT_THEN_DASH.sub(' - ', text)
+    return [seg.split() for seg in text.split('\n')]
+
+
+def tokenize_13a(line):
+    """The 13a tokens of one segment; ' '.join of them is sacreBLEU's BLEU()._preprocess_segment(line)."""
+    return _tokenize_all([line])[0]
+
+# -----------------------------------------------------------------------------
+# n-gram statistics
+
+
+def _orders(tokens):
+    """The n-grams of each order 1..MAX_ORDER: the tokens themselves, then tuples (so orders never share a key)."""
+    return [tokens] + [zip(*[tokens[i:] for i in range(n)]) for n in range(2, MAX_ORDER + 1)]
+
+
+def _reference_counts(refs):
+    """n-gram -> how many times a hypothesis may match it: its count in the reference that has it most often."""
+    counts = Counter(chain.from_iterable(_orders(refs[0])))
+    for ref in refs[1:]:
+        for g, c in Counter(chain.from_iterable(_orders(ref))).items():
+            if c > counts[g]:
+                counts[g] = c
+    return counts
+
+
+def _reference_streams(references, n_hyp):
+    """references as a list of streams, each a list aligned with the hypotheses; raises on a malformed layout."""
+    if isinstance(references, str):
+        raise TypeError("references must be a list of str (one per hypothesis) or a list of such lists, not a str")
+    streams = [references] if references and isinstance(references[0], str) else list(references)
+    if not streams:
+        raise ValueError("no references")
+    for k, stream in enumerate(streams):
+        if isinstance(stream, str):  # a flat list of str mixed with lists: neither layout
+            raise TypeError(f"reference stream {k} is a str: pass a list of str (one reference per hypothesis) "
+                            "or a list of lists of str (reference streams)")
+        if len(stream) != n_hyp:
+            raise ValueError(f"reference stream {k} has {len(stream)} segments but there are {n_hyp} hypotheses")
+        if not all(r is None or isinstance(r, str) for r in stream):
+            raise TypeError(f"reference stream {k} holds something other than str or None")
+    if any(None in stream for stream in streams):
+        for i, refs in enumerate(zip(*streams)):
+            if all(r is None for r in refs):
+                raise ValueError(f"segment {i} has no reference (every reference stream holds None there)")
+    return streams
+
+
+def _corpus_stats(hypotheses, references):
+    """The sufficient statistics summed over segments: correct[n] and total[n] (clipped matches and hypothesis
+    n-grams of order n+1), sys_len (hypothesis tokens) and ref_len (closest reference tokens)."""
+    if isinstance(hypotheses, str) or not all(isinstance(h, str) for h in hypotheses):
+        raise TypeError("hypotheses must be a list of str")
+    if not hypotheses:
+        raise ValueError("no hypotheses")
+    streams = _reference_streams(references, len(hypotheses))
+    hyps = _tokenize_all(hypotheses)
+    refs = [_tokenize_all(['' if r is None else r for r in stream]) for stream in streams]
+    if len(streams) > 1:  # None marks a missing reference (how sacreBLEU varies the number of references)
+        refs = [[r[i] for r, stream in zip(refs, streams) if stream[i] is not None] for i in range(len(hyps))]
+    else:
+        refs = [[r] for r in refs[0]]
+
+    correct, total = [0] * MAX_ORDER, [0] * MAX_ORDER
+    sys_len = ref_len = 0
+    for hyp, seg_refs in zip(hyps, refs):
+        ref_counts = _reference_counts(seg_refs)
+        for n, ngrams in enumerate(_orders(hyp)):
+            counts = Counter(ngrams)
+            # clipped matches: sum over hypothesis n-grams of min(count here, count allowed by the references)
+            correct[n] += sum(map(min, counts.values(), map(ref_counts.get, counts, repeat(0))))
+            total[n] += max(0, len(hyp) - n)
+        sys_len += len(hyp)
+        # the reference length closest to the hypothesis length; on a tie, the shorter reference
+        ref_len += min((len(r) for r in seg_refs), key=lambda r: (abs(len(hyp) - r), r))
+    return correct, total, sys_len, ref_len
+
+
+def _bleu(correct, total, sys_len, ref_len, effective_order):
+    """BLEU from the summed statistics, sacreBLEU's BLEU.compute_bleu with 'exp' smoothing, operation for operation
+    so that the floats are equal too. Returns score, precisions (%), brevity penalty."""
+    bp = 1.0
+    if sys_len < ref_len:
+        bp = math.exp(1 - ref_len / sys_len) if sys_len > 0 else 0.0
+    precisions = [0.0] * MAX_ORDER
+    if not any(correct):  # nothing matched at all: 0, rather than a smoothed positive number
+        return 0.0, precisions, bp
+    order, smooth = MAX_ORDER, 1.0
+    for n in range(MAX_ORDER):
+        if total[n] == 0:  # no hypothesis has n+1 tokens: this order and the higher ones keep precision 0
+            break
+        if effective_order:  # sentence level: average over the orders that exist only
+            order = n + 1
+        if correct[n] == 0:
+            smooth *= 2
+            precisions[n] = 100.0 / (smooth * total[n])
+        else:
+            precisions[n] = 100.0 * correct[n] / total[n]
+    # sacreBLEU floors log(0) at -9999999999, which makes exp(...) exactly 0.0
+    logs = [math.log(p) if p != 0.0 else -9999999999 for p in precisions[:order]]
+    return bp * math.exp(sum(logs) / order), precisions, bp
+
+
+def bleu_stats(hypotheses, references, effective_order=False):
+    """BLEU with its details, as a dict: score (0-100), precisions (%, orders 1..4), bp, sys_len, ref_len, and
+    correct/total (clipped matches / hypothesis n-grams per order). Arguments as for corpus_bleu; effective_order=True
+    gives sentence_bleu's averaging."""
+    correct, total, sys_len, ref_len = _corpus_stats(hypotheses, references)
+    score, precisions, bp = _bleu(correct, total, sys_len, ref_len, effective_order)
+    return dict(score=score, precisions=precisions, bp=bp, sys_len=sys_len, ref_len=ref_len,
+                correct=correct, total=total)
+
+
+def corpus_bleu(hypotheses, references):
+    """Corpus BLEU (0-100) with sacreBLEU's defaults.
+
+    hypotheses: list of str, one per segment.
+    references: one of
+      - a list of str, one reference per hypothesis:  corpus_bleu(hyps, refs) == sacrebleu.corpus_bleu(hyps, [refs])
+      - a list of reference streams, sacreBLEU's layout: [stream1, stream2, ...], each a list of str aligned with
+        hypotheses, so hypothesis i has references stream1[i], stream2[i], ... (NOT a list of per-hypothesis lists).
+        A None in a stream means that segment lacks that reference; every segment needs at least one.
+    Raises ValueError on an empty corpus or a stream whose length differs from len(hypotheses) (sacreBLEU silently
+    truncates to the shortest), TypeError on a str where a list belongs.
+    """
+    return bleu_stats(hypotheses, references)['score']
+
+
+def sentence_bleu(hypothesis, references):
+    """Sentence BLEU (0-100) of one hypothesis against one reference (a str) or several (a list of str), equal to
+    sacrebleu.sentence_bleu(hypothesis, references). It differs from corpus_bleu([hypothesis], ...) only by
+    effective order: a hypothesis shorter than 4 tokens is scored on the orders it has (2 tokens matching a 2-token
+    reference score 100, not 0)."""
+    if not isinstance(hypothesis, str):
+        raise TypeError("hypothesis must be a str")
+    refs = [references] if isinstance(references, str) else list(references)
+    if not refs:
+        raise ValueError("no references")
+    return bleu_stats([hypothesis], [[r] for r in refs], effective_order=True)['score']
+
+# -----------------------------------------------------------------------------
+# CLI
+
+
+def _read_segments(path):
+    # as sacreBLEU's CLI: only '\n' ends a segment (a '\r' before it is trailing whitespace, stripped by _clean)
+    with open(path, encoding='utf-8', newline='\n') as f:
+        return list(f)
+
+
+def main(argv=None):
+    """python eval/bleu.py HYP_FILE REF_FILE [REF_FILE ...]: print corpus BLEU; on bad input one line on stderr, 1."""
+    argv = sys.argv[1:] if argv is None else argv
+    usage = "usage: python eval/bleu.py HYP_FILE REF_FILE [REF_FILE ...]  (one segment per line; prints corpus BLEU)"
+    if argv[:1] in (['-h'], ['--help']):
+        print(usage)
+        return 0
+    if len(argv) < 2:
+        print(usage, file=sys.stderr)
+        return 1
+    segments = {}
+    for path in argv:
+        try:
+            segments[path] = _read_segments(path)
+        except OSError as e:
+            print(f"error: cannot read {path}: {e.strerror or e}", file=sys.stderr)
+            return 1
+        except UnicodeDecodeError as e:
+            print(f"error: {path} is not UTF-8 text ({e.reason} at byte {e.start})", file=sys.stderr)
+            return 1
+    hyp_path, ref_paths = argv[0], argv[1:]
+    if not segments[hyp_path]:
+        print(f"error: {hyp_path} is empty", file=sys.stderr)
+        return 1
+    for path in ref_paths:
+        if len(segments[path]) != len(segments[hyp_path]):
+            print(f"error: {path} has {len(segments[path])} lines but {hyp_path} has {len(segments[hyp_path])}",
+                  file=sys.stderr)
+            return 1
+    s = bleu_stats(segments[hyp_path], [segments[path] for path in ref_paths])
+    ratio = s['sys_len'] / s['ref_len'] if s['ref_len'] else 0.0
+    print(f"BLEU = {s['score']:.2f} {'/'.join(f'{p:.1f}' for p in s['precisions'])} (BP = {s['bp']:.3f} "
+          f"ratio = {ratio:.3f} hyp_len = {s['sys_len']} ref_len = {s['ref_len']})")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
