@@ -1,0 +1,415 @@
+"""
+Alpaca-format data -> token ids with a role per token (prompt or completion), ready for train.py.
+
+An example is built exactly as Stanford Alpaca's train.py built it (the code the paper fine-tuned with):
+
+    text   = PROMPT(instruction, input) + output            # the prompt ends in "### Response:", no newline after
+    tokens = [BOS] + sp.encode(text) + [EOS]
+    roles  = PROMPT for the first 1 + len(sp.encode(PROMPT(...))) tokens, COMPLETION for the rest (EOS included)
+
+The boundary is explicit: sentencepiece may merge the prompt's final ":" with the output's first characters
+(":-", ":[", 3.3% of Stanford Alpaca), so tokens(prompt + output) != tokens(prompt) + tokens(output). Stanford
+counted len(tokens(prompt)) tokens as prompt, which makes such a merged token a prompt token; we do the same
+and count how often it happens (`boundary_merges`).
+
+Truncation is Stanford's too: it tokenized prompt + output + "</s>" with truncation at model_max_length, keeping
+the first max_seq_len tokens, so a long example loses its EOS (and its prompt count is clipped to max_seq_len).
+
+Where HF's tokenizer (which Stanford called) could differ from the recipe above, Stanford Alpaca never goes: a
+literal "</s>" or "<s>" in the text (HF maps it to the special id, we keep it as text: no Alpaca record has one),
+whitespace before the appended "</s>" (old transformers stripped it: no Alpaca output ends in whitespace), and a
+prompt that tokenizes longer than prompt + output (Stanford would then mask the EOS too; we always keep the EOS as a
+completion target: no Alpaca record does this). tests/test_data.py checks tokens and masks against Stanford's
+preprocessing run on HF's slow LlamaTokenizer.
+
+prepare_dataset() is what train.py calls: resolve the source (a file, or a known name that is downloaded / inverted
+on first use), tokenize it once and cache the result keyed by the bytes of the source, the tokenizer and the
+template, split off a validation set fixed by the seed, truncate, and report what was cut.
+
+    python data/prepare.py --tokenizer path/to/tokenizer.model                        # Stanford Alpaca (download)
+    python data/prepare.py --src my_data.json --tokenizer llama-7b/ --val_size 1000   # a local file
+"""
+import argparse
+import gzip
+import hashlib
+import itertools
+import json
+import os
+import re
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python data/prepare.py` finds tokenizer.py, data/
+
+# the Stanford Alpaca template, byte for byte (stanford_alpaca/train.py PROMPT_DICT); eval code imports it from here
+PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+PROMPT, COMPLETION = 0, 1  # role codes, one uint8 per token
+FIELDS = ("instruction", "input", "output")
+FORMAT_VERSION = 1  # bump when the cached arrays change meaning: old cache files are then simply not found
+
+DATA_DIR = Path(__file__).resolve().parent  # known datasets are saved under <repo>/data/<name>/
+CACHE_DIR = DATA_DIR / "cache"
+# known dataset names -> where they live. Downloads are pinned to a commit; `blob` is the git blob id (SHA-1) the
+# file must have there (a mismatch warns: the file still loads). `*_short` are the prompt-inverted sets (invert.py).
+DATASETS = {
+    "alpaca": dict(
+        path="alpaca/alpaca_data.json", blob="3779ddbc040543ab1834ef216c983d6fcc06cc9a",
+        url="https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/"
+            "761dc5bfbdeeffa89b8bff5d038781a4055f796a/alpaca_data.json"),
+    "alpaca_cleaned": dict(
+        path="alpaca_cleaned/alpaca_data_cleaned.json", blob="fce7512c5733979e61db8c25e5138deead700650",
+        url="https://raw.githubusercontent.com/gururise/AlpacaDataCleaned/"
+            "791174f63efa9aa54ca6c38639dc6e5bb5657d80/alpaca_data_cleaned.json"),
+    "alpaca_short": dict(path="alpaca_short/alpaca_data_short.json", inverted_from="alpaca"),
+    "alpaca_cleaned_short": dict(path="alpaca_cleaned_short/alpaca_data_cleaned_short.json",
+                                 inverted_from="alpaca_cleaned"),
+}
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file and, where there is one, the record index."""
+
+
+def format_prompt(instruction, input=""):
+    # Stanford chooses the template by `input != ""`: an input of only whitespace still gets the input template
+    if input != "":
+        return PROMPT_INPUT.format_map({"instruction": instruction, "input": input})
+    return PROMPT_NO_INPUT.format_map({"instruction": instruction})
+
+
+def atomic_write(path, data):
+    """Write bytes (or, given a function, call it on an open binary file) to a temp file beside `path`, fsync,
+    then rename over `path`: readers see the old file or the new one, never half of one, and a failure leaves
+    nothing behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -----------------------------------------------------------------------------
+# loading records
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _bad_record(text):
+    """Index of the record of a JSON list where parsing fails, for the error message (None: not inside a record).
+    Only run after json.loads has failed, so its speed does not matter."""
+    dec, i = json.JSONDecoder(), _WS.match(text, 0).end()
+    if text[i:i + 1] != "[":
+        return None
+    i, n = i + 1, 0
+    while True:
+        i = _WS.match(text, i).end()
+        if text[i:i + 1] == "]" and n == 0:
+            return None
+        try:
+            _, i = dec.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return n
+        i = _WS.match(text, i).end()
+        if text[i:i + 1] != ",":
+            return None if text[i:i + 1] == "]" else n  # a missing comma (or a cut file) right after record n
+        i, n = i + 1, n + 1
+
+
+def load_records(path):
+    """A list of {instruction, input, output} dicts from .json, .json.gz or .jsonl(.gz); DataError when malformed.
+    A missing `input` is read as "" (some Alpaca variants omit it); every other field must be a string.
+    Record indices in messages count from 0 (the index in the JSON list, or the n-th non-blank JSONL line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    if path.name.removesuffix(".gz").endswith(".jsonl"):
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: record {len(records)} (line {n}) is not valid JSON ({e.msg})") from None
+    else:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            i = _bad_record(text)
+            where = f" in record {i}" if i is not None else ""
+            raise DataError(f"{path}: not valid JSON{where} ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    if not records:
+        raise DataError(f"{path}: no records")
+    out = []
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise DataError(f"{path}: record {i} is a {type(r).__name__}, expected an object with {', '.join(FIELDS)}")
+        r = {"input": "", **r}
+        for k in FIELDS:
+            if k not in r:
+                raise DataError(f"{path}: record {i} has no field {k!r}")
+            if not isinstance(r[k], str):
+                raise DataError(f"{path}: record {i} field {k!r} is a {type(r[k]).__name__}, expected a string")
+        out.append({k: r[k] for k in FIELDS})
+    return out
+
+
+# -----------------------------------------------------------------------------
+# tokenizing
+
+def tokenize(records, tokenizer, progress=False):
+    """records -> dict of numpy arrays: tokens (int32), roles (uint8), offsets (int64, n+1): example i is
+    tokens[offsets[i]:offsets[i+1]]; plus boundary_merges (int). Untruncated: truncation happens at load time."""
+    from tqdm import tqdm
+
+    prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
+    fulls = [p + r["output"] for p, r in zip(prompts, records)]
+    # sentencepiece encodes a list on all cores; chunks only feed the progress bar
+    p_ids, f_ids, chunk = [], [], 4096
+    with tqdm(total=len(records), desc="tokenize", unit="ex", disable=not progress, leave=False) as bar:
+        for i in range(0, len(records), chunk):
+            p_ids += tokenizer.encode_batch(prompts[i:i + chunk])
+            f_ids += tokenizer.encode_batch(fulls[i:i + chunk])
+            bar.update(len(prompts[i:i + chunk]))
+    n = len(records)
+    p_len = np.fromiter(map(len, p_ids), np.int64, n)
+    f_len = np.fromiter(map(len, f_ids), np.int64, n)
+    lens = f_len + 2                                                                # + BOS + EOS
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    starts, ends = offsets[:-1], offsets[1:]
+    tokens = np.empty(offsets[-1], dtype=np.int32)
+    tokens[starts] = tokenizer.bos_id
+    tokens[ends - 1] = tokenizer.eos_id
+    body = np.ones(offsets[-1], dtype=bool)
+    body[starts] = body[ends - 1] = False
+    tokens[body] = np.fromiter(itertools.chain.from_iterable(f_ids), np.int32, int(f_len.sum()))
+    # Stanford's prompt count: BOS + len(tokens(prompt)); capped so the EOS is always a completion target
+    n_prompt = 1 + np.minimum(p_len, f_len)
+    pos = np.arange(offsets[-1]) - np.repeat(starts, lens)                          # position within its example
+    roles = np.where(pos < np.repeat(n_prompt, lens), PROMPT, COMPLETION).astype(np.uint8)
+    merges = sum(f[:len(p)] != p for p, f in zip(p_ids, f_ids))                     # the boundary token differs
+    return {"tokens": tokens, "roles": roles, "offsets": offsets, "boundary_merges": int(merges)}
+
+
+# -----------------------------------------------------------------------------
+# known datasets: download / invert on first use
+
+def git_blob_id(data):
+    """The id git gives a file's content (`git hash-object`): how the pinned upstream files are identified."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def download(url, dst, blob=None):
+    """url -> dst atomically, with a progress bar; warns (does not fail) when the content's git blob id is not
+    `blob`. Any failure is one DataError line naming the URL and how to use a local file instead."""
+    from tqdm import tqdm
+
+    dst = Path(dst)
+    print(f"downloading {url} -> {dst}", file=sys.stderr)
+
+    def fetch(f):
+        with urllib.request.urlopen(url, timeout=60) as r:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name, leave=False) as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    new_dir = not dst.parent.exists()
+    try:
+        atomic_write(dst, fetch)
+    except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors; a malformed URL is a ValueError
+        if new_dir:
+            dst.parent.rmdir()  # leave nothing behind, not even the folder we made for it
+        raise DataError(f"download failed: {url} ({getattr(e, 'reason', e)}); save that file as {dst} "
+                        f"yourself, or pass a local Alpaca-format file instead (--src FILE, or dataset=FILE in "
+                        f"train.py)") from None
+    if blob and (got := git_blob_id(dst.read_bytes())) != blob:
+        print(f"warning: {dst} has git blob id {got}, expected {blob} (the pinned upstream file); using it anyway",
+              file=sys.stderr)
+
+
+def resolve_dataset(dataset):
+    """A known dataset name or a file path -> the path of an Alpaca-format file, downloading or inverting a known
+    dataset when it is not there yet."""
+    if str(dataset) not in DATASETS:
+        path = Path(dataset)
+        if not path.exists() and not path.suffix and os.sep not in str(dataset):
+            raise DataError(f"{dataset}: neither a file nor a known dataset ({', '.join(DATASETS)})")
+        return path
+    spec = DATASETS[str(dataset)]
+    path = DATA_DIR / spec["path"]
+    if not path.is_file() and path.with_name(path.name + ".gz").is_file():
+        return path.with_name(path.name + ".gz")  # a gzipped copy put there by hand is fine too
+    if not path.is_file():
+        if "inverted_from" in spec:
+            from data.invert import invert_file
+            invert_file(resolve_dataset(spec["inverted_from"]), path)
+        else:
+            download(spec["url"], path, spec.get("blob"))
+    return path
+
+
+# -----------------------------------------------------------------------------
+# cache, split, truncation
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cache_path(src, tokenizer_file, cache_dir=None):
+    """The cache file of (source bytes, tokenizer bytes, template, format): any change gives a new name."""
+    key = hashlib.sha256("\0".join([f"nanoplw-data-v{FORMAT_VERSION}", _sha256(src), _sha256(tokenizer_file),
+                                    PROMPT_INPUT, PROMPT_NO_INPUT]).encode()).hexdigest()
+    return Path(cache_dir or CACHE_DIR) / f"{Path(src).name}.{key[:16]}.npz"
+
+
+def split_indices(n, val_size, seed):
+    """(train, val) example indices, each in the original order. val is the first val_size of a seeded
+    permutation, so it depends on (n, seed) only, and a larger val_size keeps the smaller one's examples."""
+    if not isinstance(val_size, (int, np.integer)) or not 0 <= val_size < n:
+        raise DataError(f"val_size must be an integer in [0, {n - 1}] for {n} examples, got {val_size!r}")
+    val = np.sort(np.random.default_rng(seed).permutation(n)[:val_size])
+    train = np.setdiff1d(np.arange(n), val, assume_unique=True)
+    return train, val
+
+
+def select(data, idx, max_seq_len=None):
+    """Examples idx of `data`, each cut to its first max_seq_len tokens (None: uncut).
+    -> ({tokens, roles, offsets}, number of examples cut, number of tokens cut)"""
+    starts = data["offsets"][idx]
+    lens = data["offsets"][idx + 1] - starts
+    kept = lens if max_seq_len is None else np.minimum(lens, max_seq_len)
+    offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+    np.cumsum(kept, out=offsets[1:])
+    gather = np.arange(offsets[-1]) + np.repeat(starts - offsets[:-1], kept)         # new position -> old position
+    out = {"tokens": data["tokens"][gather], "roles": data["roles"][gather], "offsets": offsets}
+    return out, int((kept < lens).sum()), int((lens - kept).sum())
+
+
+def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337, cache_dir=None, verbose=True):
+    """dataset (a known name or an Alpaca-format file) -> (train, val, report).
+
+    train, val: {"tokens": int32, "roles": uint8, "offsets": int64 (n+1)}, each example cut to its first
+    max_seq_len tokens (None: uncut); val is None when val_size == 0. The split is fixed by `seed` and does not
+    depend on max_seq_len; both keep the original order. report: source, n_train, n_val, tokens, prompt_tokens
+    (BOS included), completion_tokens (EOS included), truncated_examples, truncated_tokens, prompt_only_examples
+    (no completion token left after the cut), boundary_merges, cache, cache_hit, seconds (train + val counts)."""
+    t0 = time.time()
+    if max_seq_len is not None and (not isinstance(max_seq_len, (int, np.integer)) or max_seq_len < 2):
+        raise DataError(f"max_seq_len must be an integer >= 2 (BOS and one target), got {max_seq_len!r}")
+    if not isinstance(val_size, (int, np.integer)) or val_size < 0:
+        raise DataError(f"val_size must be an integer >= 0, got {val_size!r}")
+    tok_file = Path(tokenizer_path)
+    tok_file = tok_file / "tokenizer.model" if tok_file.is_dir() else tok_file
+    if not tok_file.is_file():
+        raise DataError(f"tokenizer not found: {tok_file} (expected a sentencepiece tokenizer.model, "
+                        f"or an HF model directory holding one)")
+    src = resolve_dataset(dataset)
+    if not src.is_file():
+        raise DataError(f"{src}: {'not a file' if src.exists() else 'file not found'}")
+    cache = cache_path(src, tok_file, cache_dir)
+    data = None
+    if cache.is_file():
+        try:
+            with np.load(cache) as z:
+                data = {k: z[k] for k in ("tokens", "roles", "offsets")}
+                data["boundary_merges"] = int(z["boundary_merges"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # damaged: rebuild it
+            print(f"warning: ignoring unreadable cache {cache} ({e})", file=sys.stderr)
+    hit = data is not None
+    if not hit:
+        from tokenizer import Tokenizer
+        data = tokenize(load_records(src), Tokenizer(tok_file), progress=verbose)
+        try:
+            atomic_write(cache, lambda f: np.savez(f, **data))
+        except OSError as e:
+            raise DataError(f"cannot write the cache {cache} ({e}); pass a writable cache_dir") from None
+
+    n = len(data["offsets"]) - 1
+    train_idx, val_idx = split_indices(n, val_size, seed)
+    train, n_cut, t_cut = select(data, train_idx, max_seq_len)
+    val = None
+    if val_size:
+        val, v_cut, vt_cut = select(data, val_idx, max_seq_len)
+        n_cut, t_cut = n_cut + v_cut, t_cut + vt_cut
+    parts = [train] + ([val] if val is not None else [])
+    completion = sum(int(p["roles"].sum()) for p in parts)                         # COMPLETION == 1
+    tokens = sum(len(p["tokens"]) for p in parts)
+    prompt_only = sum(int((np.add.reduceat(p["roles"], p["offsets"][:-1]) == 0).sum()) for p in parts)
+    report = {
+        "source": str(src), "tokenizer": str(tok_file), "max_seq_len": max_seq_len, "seed": seed,
+        "n_train": len(train_idx), "n_val": len(val_idx), "tokens": tokens,
+        "prompt_tokens": tokens - completion, "completion_tokens": completion,
+        "truncated_examples": n_cut, "truncated_tokens": t_cut, "prompt_only_examples": prompt_only,
+        "boundary_merges": data["boundary_merges"], "cache": str(cache), "cache_hit": hit,
+        "seconds": round(time.time() - t0, 3),
+    }
+    if verbose:
+        print(f"data: {src.name}: {n:,} examples ({report['n_train']:,} train, {report['n_val']:,} val), "
+              f"{tokens:,} tokens ({report['prompt_tokens']:,} prompt, {completion:,} completion); "
+              f"max_seq_len {max_seq_len} cut {n_cut:,} examples / {t_cut:,} tokens"
+              f"{f' ({prompt_only} left without completion)' if prompt_only else ''}; "
+              f"{data['boundary_merges']:,} boundary merges; cache {'hit' if hit else 'miss'}; "
+              f"{report['seconds']:.2f} s", file=sys.stderr)
+    return train, val, report
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Tokenize Alpaca-format data (cached) and report what truncation cuts.")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--src", help="a local Alpaca-format .json / .json.gz / .jsonl file")
+    src.add_argument("--dataset", choices=list(DATASETS), help="a known dataset, downloaded or inverted on first "
+                     "use (default: alpaca)")
+    ap.add_argument("--tokenizer", required=True, help="a sentencepiece tokenizer.model, or an HF model directory")
+    ap.add_argument("--max_seq_len", type=int, default=512)
+    ap.add_argument("--val_size", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--cache_dir", default=None, help=f"default: {CACHE_DIR}")
+    args = ap.parse_args(argv)
+    try:
+        _, _, report = prepare_dataset(args.src or args.dataset or "alpaca", args.tokenizer, args.max_seq_len,
+                                       args.val_size, args.seed, args.cache_dir)
+    except (ValueError, OSError) as e:  # DataError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
