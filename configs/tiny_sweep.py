@@ -1,0 +1,23 @@
+# The PLW experiment at CPU size, a few minutes: stories260K fine-tuned on prompt-inverted Alpaca records
+# (data/samples/alpaca_2k_short.json, R_g << 1) at each PLW of the paper's grid, then evaluated.
+#   python sweep.py configs/tiny_sweep.py
+init_from = "tests/fixtures/stories260K"
+dataset = "data/samples/alpaca_2k_short.json"
+out_dir = "out/tiny"
+max_seq_len = 384
+batch_size = 8
+gradient_accumulation_steps = 2
+max_iters = 20
+learning_rate = 1e-3
+warmup_ratio = 0.05
+device = "cpu"
+dtype = "float32"
+compile = False
+log_interval = 1
+
+# sweep.py settings (train.py ignores sweep_* names)
+sweep_tasks = "arc_easy,piqa"
+sweep_mc_limit = 40
+sweep_mem_n = 48
+sweep_mem_max_new_tokens = 32
+sweep_eval_data = "../shared/data/eval/hf"

@@ -1,0 +1,308 @@
+"""train.py: the PLW loss against independent computations, split invariance of one update, resume, outputs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT, STORIES, ALPACA, require
+import train
+from data.prepare import load_records, tokenize, select, PROMPT, COMPLETION
+from model import Transformer
+from tokenizer import Tokenizer
+
+SAMPLE = ROOT / "data" / "samples" / "alpaca_2k.json"
+TINY = ["configs/tiny_stories.py", "--max_seq_len=256", "--learning_rate=1e-2", "--warmup_iters=0"]
+
+
+@pytest.fixture(scope="module")
+def records():
+    return load_records(SAMPLE)[:64]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory, records):
+    path = tmp_path_factory.mktemp("data") / "alpaca64.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def run_train(*args, env=None, torchrun=0, check=True):
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun
+           else [sys.executable]) + ["train.py", *map(str, args)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return r
+
+
+def weights(path):
+    from safetensors.torch import load_file
+    return load_file(path / "model.safetensors")
+
+
+def log_rows(path):
+    return [json.loads(l) for l in (path / "log.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------------ the loss itself
+
+def batch(records, plw, n=6):
+    tok = Tokenizer(STORIES / "tokenizer.model")
+    data, _, _ = select(tokenize(records[:n], tok), np.arange(n), max_seq_len=200)
+    return train.collate(data, np.arange(n), plw)
+
+
+@pytest.mark.parametrize("plw", [0.0, 1.0, 0.1])
+def test_plw_loss_equals_independent_computation(records, plw):
+    transformers = pytest.importorskip("transformers")
+    x, y, w, p = batch(records, plw)
+    ours = Transformer.from_pretrained(STORIES)
+    hf = transformers.LlamaForCausalLM.from_pretrained(STORIES).float().eval()
+    full = torch.cat([x[:, :1], y.clamp(min=0)], 1)  # each row's whole sequence: inputs + the last target
+    with torch.no_grad():
+        loss = ((ours(x, y) * w).sum() / w.sum()).item()
+        if plw in (0.0, 1.0):
+            # PLW=0 is Stanford Alpaca's masking (prompt labels IGNORE_INDEX), PLW=1 the plain LM loss: HF's own
+            # `labels=` loss (it shifts labels itself) over exactly the same targets
+            keep = (y >= 0) & ~p if plw == 0.0 else (y >= 0)
+            labels = torch.cat([torch.full_like(y[:, :1], -100), torch.where(keep, y, -100)], 1)
+            ref = hf(full, labels=labels).loss.item()
+        else:
+            logits = hf(full).logits[:, :-1]
+            ce = F.cross_entropy(logits.reshape(-1, 512), y.clamp(min=0).reshape(-1), reduction="none").view(y.shape)
+            real = y >= 0
+            ref = ((plw * ce[p & real].sum() + ce[~p & real].sum()) / (plw * (p & real).sum() + (~p & real).sum())).item()
+    assert abs(loss - ref) < 1e-5 * abs(ref)
+
+
+def test_label_smoothing_inside_the_weighting(records):
+    x, y, w, p = batch(records, 0.1)
+    m = Transformer.from_pretrained(STORIES)
+    with torch.no_grad():
+        ours = (m(x, y, label_smoothing=0.1) * w).sum() / w.sum()
+        logits = m(x)
+        ref = F.cross_entropy(logits.reshape(-1, 512), y.reshape(-1), ignore_index=-1, reduction="none",
+                              label_smoothing=0.1).view(y.shape)
+        ref = (ref * w).sum() / w.sum()
+    assert abs(ours.item() - ref.item()) < 1e-5 * ref.item()
+
+
+def test_collate_roles_weights_and_targets():
+    # two hand-built examples: [BOS p p c c EOS] and [BOS p c EOS]
+    data = {"tokens": np.array([1, 10, 11, 20, 21, 2, 1, 12, 22, 2], dtype=np.int32),
+            "roles": np.array([PROMPT, PROMPT, PROMPT, COMPLETION, COMPLETION, COMPLETION, PROMPT, PROMPT, COMPLETION,
+                               COMPLETION], dtype=np.uint8),
+            "offsets": np.array([0, 6, 10])}
+    x, y, w, p = train.collate(data, np.array([0, 1]), 0.25)
+    assert x.tolist() == [[1, 10, 11, 20, 21], [1, 12, 22, 0, 0]]
+    assert y.tolist() == [[10, 11, 20, 21, 2], [12, 22, 2, -1, -1]]  # BOS is never a target, EOS always is
+    assert w.tolist() == [[0.25, 0.25, 1, 1, 1], [0.25, 1, 1, 0, 0]]
+    assert train.target_counts(data, np.array([0, 1])) == (8, 3)
+
+
+def test_step_order_depends_only_on_seed_and_global_batch():
+    a = [train.step_examples(it, 100, 16, 7) for it in range(12)]
+    assert all(len(s) == 16 for s in a)
+    assert len(set(np.concatenate(a[:6]).tolist())) == 96  # an epoch never repeats an example (6 steps x 16)
+    assert not np.array_equal(a[0], a[6])  # each epoch is reshuffled
+    assert all(np.array_equal(s, train.step_examples(it, 100, 16, 7)) for it, s in enumerate(a))
+    lengths = np.random.default_rng(0).integers(5, 50, 100)
+    micro = train.split_micro_batches(a[0], lengths, 4, 4)
+    assert sorted(np.concatenate(micro).tolist()) == sorted(a[0].tolist())
+    assert [lengths[m].max() for m in micro] == sorted([lengths[m].max() for m in micro], reverse=True)
+
+
+def test_lr_schedule():
+    train.learning_rate, train.min_lr, train.decay_lr = 1.0, 0.1, True
+    lrs = [train.get_lr(it, 100, 10) for it in range(100)]
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11) and lrs[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+    train.decay_lr = False
+    assert train.get_lr(50, 100, 10) == 1.0
+
+
+# ------------------------------------------------------------------------------------------------ one update
+
+PLW = 0.1
+
+
+def reference_gradient(records, plw, ids, max_seq_len=256):
+    """An independent computation of the global batch's loss gradient: one example at a time (no padding, no
+    collate), full logits, F.cross_entropy, prompt tokens counted as Stanford counted them."""
+    from data.prepare import format_prompt
+    tok = Tokenizer(STORIES / "tokenizer.model")
+    m = Transformer.from_pretrained(STORIES).train()
+    num, den = 0.0, 0.0
+    for i in ids:
+        r = records[i]
+        prompt = format_prompt(r["instruction"], r["input"])
+        full = ([tok.bos_id] + tok.encode(prompt + r["output"]) + [tok.eos_id])[:max_seq_len]
+        n_prompt = 1 + len(tok.encode(prompt))
+        ce = F.cross_entropy(m(torch.tensor([full[:-1]]))[0], torch.tensor(full[1:]), reduction="none")
+        wt = torch.tensor([plw if j + 1 < n_prompt else 1.0 for j in range(len(full) - 1)])
+        num = num + (ce * wt).sum()
+        den += wt.sum().item()
+    (num / den).backward()
+    return {k: p.grad for k, p in m.named_parameters()}
+
+
+def split_gradient(data, ids, plw, batch_size, accum, normalise="global"):
+    """the gradient as train.py forms it from its building blocks (normalise='micro' is a deliberately wrong
+    variant: each micro-batch's own weighted mean, averaged, as a naive accumulation loop would do)"""
+    m = Transformer.from_pretrained(STORIES).train()
+    n_targets, n_prompt = train.target_counts(data, ids)
+    W = plw * n_prompt + (n_targets - n_prompt)
+    for mb in train.split_micro_batches(ids, np.diff(data["offsets"]), batch_size, accum):
+        x, y, w, p = train.collate(data, mb, plw)
+        ce = m(x, y)
+        ((ce * w).sum() / (W if normalise == "global" else w.sum() * accum)).backward()
+    return {k: p.grad for k, p in m.named_parameters()}
+
+
+def test_gradient_of_a_global_batch_is_the_same_for_any_split(records):
+    tok = Tokenizer(STORIES / "tokenizer.model")
+    data, _, _ = select(tokenize(records, tok), np.arange(len(records)), 256)
+    ids = train.step_examples(0, len(records), 8, 1337)
+    ref = reference_gradient(records, PLW, ids)
+    scale = max(g.abs().max().item() for g in ref.values())
+    for bs, accum in [(8, 1), (4, 2), (2, 4), (1, 8)]:
+        g = split_gradient(data, ids, PLW, bs, accum)
+        err = max((g[k] - ref[k]).abs().max().item() for k in ref)
+        assert err <= 1e-6 * scale, (bs, accum, err, scale)
+    wrong = split_gradient(data, ids, PLW, 2, 4, normalise="micro")
+    assert max((wrong[k] - ref[k]).abs().max().item() for k in ref) > 1e-3 * scale  # the test can tell
+
+
+def test_update_is_the_same_for_any_split_of_the_global_batch(tmp_path, records, data_file):
+    # one optimizer step of train.py itself, split four ways; lr 2e-5 as in the paper. AdamW's first step moves
+    # each weight by about lr * sign(gradient), so a wrong gradient direction shows up as 2e-5-sized differences
+    common = [*TINY, f"--dataset={data_file}", "--max_iters=1", f"--prompt_loss_weight={PLW}", "--learning_rate=2e-5"]
+    runs = {"8x1": dict(args=["--batch_size=8", "--gradient_accumulation_steps=1"]),
+            "2x4": dict(args=["--batch_size=2", "--gradient_accumulation_steps=4"]),
+            "ddp2x4": dict(args=["--batch_size=4", "--gradient_accumulation_steps=1"], torchrun=2),
+            "fsdp2x2x2": dict(args=["--batch_size=2", "--gradient_accumulation_steps=2", "--parallel=fsdp"], torchrun=2)}
+    for name, r in runs.items():
+        run_train(*common, *r["args"], f"--out_dir={tmp_path / name}", torchrun=r.get("torchrun", 0))
+
+    # the expected weights: the reference gradient, clipped to norm 1, through one torch AdamW step
+    ids = train.step_examples(0, len(records), 8, 1337)
+    ref_grad = reference_gradient(records, PLW, ids)
+    m = Transformer.from_pretrained(STORIES)
+    norm = torch.nn.utils.get_total_norm(list(ref_grad.values())).item()
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-5, weight_decay=0.0)
+    for k, p in m.named_parameters():
+        p.grad = ref_grad[k] * min(1.0, 1.0 / (norm + 1e-6))
+    opt.step()
+    expected = {("" if k == "lm_head.weight" else "model.") + k: v for k, v in m.state_dict().items()}
+    expected.pop("lm_head.weight")  # tied to the embedding, stored once
+
+    base_log = log_rows(tmp_path / "8x1")[0]
+    assert base_log["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    for name in runs:
+        w = weights(tmp_path / name)
+        assert w.keys() == expected.keys()
+        err = max((w[k] - expected[k]).abs().max().item() for k in expected)
+        assert err <= 1e-6, (name, err)
+        row = log_rows(tmp_path / name)[0]
+        for key in ("loss", "prompt_loss", "completion_loss", "grad_norm"):
+            assert row[key] == pytest.approx(base_log[key], rel=1e-6), (name, key)
+        assert row["tokens"] == base_log["tokens"]
+    moved = max((weights(tmp_path / "8x1")[k] - weights(STORIES)[k]).abs().max().item() for k in expected)
+    assert moved > 1e-5  # the step is 20x the tolerance
+
+
+def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path, data_file):
+    args = [*TINY, f"--dataset={data_file}", "--max_iters=8", "--batch_size=4", "--gradient_accumulation_steps=2",
+            "--dropout=0.1"]  # dropout: the RNG state must be restored too
+    run_train(*args, f"--out_dir={tmp_path / 'a'}")
+    b = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "train.py", *args, f"--out_dir={b}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not ((b / "log.jsonl").exists() and len((b / "log.jsonl").read_text().splitlines()) >= 3):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "checkpoint saved" in err and "--resume=True" in err
+    stopped = train.list_checkpoints(b)[-1]
+    assert 3 <= int(stopped.name.split("-")[1]) < 8
+    run_train(*args, f"--out_dir={b}", "--resume=True")
+    wa, wb = weights(tmp_path / "a"), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bit for bit
+    assert [r["iter"] for r in log_rows(b)] == list(range(1, 9))
+    assert [r["loss"] for r in log_rows(b)] == [r["loss"] for r in log_rows(tmp_path / "a")]
+
+
+def test_output_loads_in_transformers_and_loss_falls(tmp_path, data_file):
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path / "run"
+    run_train(*TINY, f"--dataset={data_file}", "--epochs=3.0", "--learning_rate=3e-3", f"--out_dir={out}")
+    assert {"config.json", "model.safetensors", "tokenizer.model", "log.jsonl", "run_config.json"} <= {
+        p.name for p in out.iterdir()}
+    losses = [r["completion_loss"] for r in log_rows(out)]
+    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
+    hf = transformers.LlamaForCausalLM.from_pretrained(out).float().eval()
+    ours = Transformer.from_pretrained(out)
+    idx = torch.randint(0, 512, (2, 30))
+    with torch.no_grad():
+        assert ((hf(idx).logits - ours(idx)).abs().max() / ours(idx).abs().max()).item() < 1e-5
+
+
+def test_nan_stops_with_a_loadable_checkpoint(tmp_path, data_file):
+    out = tmp_path / "nan"
+    r = run_train(*TINY, f"--dataset={data_file}", "--max_iters=5", f"--out_dir={out}",
+                  env={"NANOPLW_FAULT_NAN_ITER": "2"}, check=False)
+    assert r.returncode == 3 and "non-finite loss/gradient at iter 3" in r.stderr and "Traceback" not in r.stderr
+    ckpt = train.list_checkpoints(out)[-1]
+    assert ckpt.name == "ckpt-000002"
+    m = Transformer.from_pretrained(ckpt)
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    r = run_train(*TINY, f"--dataset={data_file}", "--max_iters=5", f"--out_dir={tmp_path / 'skip'}",
+                  "--on_nonfinite=skip", env={"NANOPLW_FAULT_NAN_ITER": "2"})
+    assert "iter 3 skipped" in r.stderr and len(log_rows(tmp_path / "skip")) == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt_loss_weight=-0.1"], "prompt_loss_weight must be >= 0, got -0.1"),
+    (["--promt_loss_weight=0.1"], "unknown config key 'promt_loss_weight' in --promt_loss_weight=0.1 (did you mean 'prompt_loss_weight'?)"),
+    (["--batch_size=0"], "batch_size must be >= 1, got 0"),
+    (["--batch_size=2.5"], "batch_size must be a int, got 2.5"),
+    (["--learning_rate=-1e-5"], "learning_rate must be >= 0"),
+    (["--compile=yes"], "compile must be a bool, got 'yes'"),
+    (["configs/nope.py"], "config file not found: configs/nope.py"),
+    (["--init_from=/nonexistent/llama"], "no model at init_from='/nonexistent/llama'"),
+    (["--dataset=/nonexistent.json"], "/nonexistent.json"),
+])
+def test_bad_config_is_refused_in_one_line(args, message):
+    r = run_train("configs/tiny_stories.py", *args, "--out_dir=/tmp/nanoplw-never-written", check=False)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not os.path.exists("/tmp/nanoplw-never-written")
+
+
+def test_short_plw01_without_weights_says_where_to_put_them():
+    r = run_train("configs/short_plw01.py", check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "models/Llama-2-7b-hf" in r.stderr and "--init_from=" in r.stderr and "meta-llama/Llama-2-7b-hf" in r.stderr
+
+
+def test_out_dir_of_another_run_and_resume_checks(tmp_path, data_file):
+    out = tmp_path / "run"
+    args = [*TINY, f"--dataset={data_file}", "--max_iters=2", f"--out_dir={out}"]
+    r = run_train(*args, "--resume=True", check=False)
+    assert r.returncode == 1 and "holds no checkpoint to resume from" in r.stderr
+    run_train(*args)
+    r = run_train(*args, check=False)
+    assert r.returncode == 1 and "already holds a run" in r.stderr
+    r = run_train(*args, "--resume=True", "--gradient_accumulation_steps=4", check=False)
+    assert r.returncode == 1 and "global batch size: 16 -> 32" in r.stderr
+    r = run_train(*args, "--resume=True", "--prompt_loss_weight=0.5", check=False)
+    assert r.returncode == 1 and "prompt_loss_weight: 0.1 -> 0.5" in r.stderr
+    run_train(*args, "--overwrite=True")
