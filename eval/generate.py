@@ -1,0 +1,209 @@
+"""
+Completions for Alpaca-format instructions, and the batched generation that eval/memorization.py shares.
+
+    python eval/generate.py --model out/plw01 --prompts alpaca_eval.json --output plw01_outputs.json
+
+writes AlpacaEval's model_outputs format, a JSON list of {"instruction", "output", "generator"} ("dataset" kept
+when the prompts have it), for an AlpacaEval judge run elsewhere. The prompts file is JSON or JSONL (.gz too),
+a list of records with "instruction" and optionally "input"; AlpacaEval's own alpaca_eval.json is accepted as it
+is (its reference "output" is ignored).
+
+Each prompt is exactly what the model was fine-tuned on: [BOS] + tokens(format_prompt(instruction, input)), the
+Stanford template ending in "### Response:", and the model continues straight after the colon. Decoding is
+greedy unless --temperature > 0. A completion is the text of the new tokens up to, not including, EOS, cut from
+decode(prompt + new) after decode(prompt): that is the exact continuation, where decode(new) alone would drop
+a leading space (sentencepiece removes the space of a text's first piece). The AlpacaEval output is that text
+stripped of surrounding whitespace, as a judge reads it.
+"""
+import argparse
+import gzip
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from tqdm import tqdm
+
+from data.prepare import format_prompt
+from model import Transformer, atomic_write
+from tokenizer import Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# -----------------------------------------------------------------------------
+# model and prompts
+
+
+def load_model(path, device=None, dtype=None, tokenizer=None):
+    """(model, tokenizer) from an HF LLaMA directory; device None = cuda when there is one, else cpu;
+    dtype None = float32 on cpu, bfloat16 on cuda; tokenizer None = the directory's tokenizer.model."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"--device {device!r}: expected cpu or cuda[:N]")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available")
+    dtype = dtype or ("float32" if device == "cpu" else "bfloat16")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    path = Path(path)
+    if tokenizer is None and path.is_dir() and not (path / "tokenizer.model").is_file():
+        raise FileNotFoundError(f"no tokenizer.model in {path} (pass --tokenizer)")
+    tok = Tokenizer(tokenizer or path)
+    model = Transformer.from_pretrained(path, device=device, dtype=DTYPES[dtype])
+    if tok.vocab_size > model.args.vocab_size:
+        raise ValueError(f"tokenizer {tok.path} has {tok.vocab_size} pieces but the model's vocabulary is "
+                         f"{model.args.vocab_size}")
+    return model, tok
+
+
+def load_prompts(path):
+    """Records with a string "instruction" (and optional string "input") from .json / .jsonl (.gz);
+    every other field is kept as it is. ValueError naming the file and record when malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+    except (UnicodeDecodeError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read ({e})") from None
+    try:
+        if path.name.removesuffix(".gz").endswith(".jsonl"):
+            records = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+        else:
+            records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{path}: expected a non-empty JSON list of records with an 'instruction'")
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not isinstance(r.get("instruction"), str):
+            raise ValueError(f"{path}: record {i} has no string field 'instruction'")
+        if not isinstance(r.get("input", ""), str):
+            raise ValueError(f"{path}: record {i} field 'input' is a {type(r['input']).__name__}, expected a string")
+    return records
+
+
+def prompt_ids(tokenizer, records):
+    """[BOS] + tokens(Stanford prompt) per record: exactly the prompt tokens the model was trained with."""
+    texts = [format_prompt(r["instruction"], r.get("input", "")) for r in records]
+    return tokenizer.encode_batch(texts, bos=True)
+
+# -----------------------------------------------------------------------------
+# batched generation
+
+
+def complete(model, tokenizer, prompts, max_new_tokens, batch_size=32, temperature=0.0, top_p=None, seed=0,
+             progress=True):
+    """Generate a completion for each prompt (a list of token-id lists). Returns one dict per prompt, in order:
+    {"text": the continuation up to EOS, "tokens": the new ids without EOS, "eos": whether EOS was emitted}.
+
+    model.generate runs a batch without padding, from its shortest prompt one position at a time, so prompts are
+    sorted by length (longest first, so that running out of memory happens at once) and cut into batches of
+    similar lengths. Each prompt gets max_new_tokens, or what is left of the model's context when that is less;
+    a batch holds prompts with the same budget. Greedy results do not depend on the batching; sampled ones
+    (temperature > 0, one torch generator seeded with `seed`) do.
+    """
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be positive")
+    ctx = model.args.max_seq_len
+    for i, p in enumerate(prompts):
+        if len(p) >= ctx:
+            raise ValueError(f"prompt {i} has {len(p)} tokens: no room to generate in the model's {ctx}-token context")
+    budget = [min(max_new_tokens, ctx - len(p)) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    batches = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and budget[batches[-1][0]] == budget[i]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+
+    eos = tokenizer.eos_id
+    device = model.lm_head.weight.device
+    gen = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+    results = [None] * len(prompts)
+    n_new, t0 = 0, time.perf_counter()
+    was_training = model.training
+    model.eval()  # no dropout, even when called on a model in the middle of training
+    bar = tqdm(total=len(prompts), unit="prompt", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for batch in batches:
+            outs = model.generate([prompts[i] for i in batch], budget[batch[0]], temperature=temperature,
+                                  top_p=top_p, eos_id=eos, generator=gen)
+            for i, out in zip(batch, outs):
+                new = out[len(prompts[i]):]
+                hit_eos = bool(new) and new[-1] == eos
+                new = new[:-1] if hit_eos else new
+                head, full = tokenizer.decode(prompts[i]), tokenizer.decode(prompts[i] + new)
+                # pieces decode one by one, so the prompt's text is a prefix of the whole; decode(new) is the fallback
+                text = full[len(head):] if full.startswith(head) else tokenizer.decode(new)
+                results[i] = {"text": text, "tokens": new, "eos": hit_eos}
+                n_new += len(new) + hit_eos
+            bar.set_postfix(tok_s=f"{n_new / (time.perf_counter() - t0):.0f}", refresh=False)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return results
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Completions for Alpaca-format prompts in AlpacaEval's model_outputs format.")
+    p.add_argument("--model", required=True, help="HF LLaMA directory (config.json, safetensors, tokenizer.model)")
+    p.add_argument("--prompts", required=True, help="JSON/JSONL list of records with 'instruction' (and 'input')")
+    p.add_argument("--output", required=True, help="JSON file to write: [{instruction, output, generator}, ...]")
+    p.add_argument("--generator", help="the 'generator' name (default: the model directory's name)")
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling, with --temperature > 0")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (temperature > 0)")
+    p.add_argument("--tokenizer", help="a tokenizer.model to use instead of the model directory's")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=list(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
+    args = p.parse_args(argv)
+    try:
+        if args.temperature < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
+            raise ValueError(f"--temperature {args.temperature} must be >= 0 and --top_p {args.top_p} in (0, 1]")
+        records = load_prompts(args.prompts)
+        model, tok = load_model(args.model, args.device, args.dtype, args.tokenizer)
+        generator = args.generator or Path(args.model).resolve().name
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # before the long part: a bad path fails at once
+        out = complete(model, tok, prompt_ids(tok, records), args.max_new_tokens, args.batch_size,
+                       args.temperature, args.top_p, args.seed)
+        rows = []
+        for r, c in zip(records, out):
+            row = {"instruction": r["instruction"]}
+            if r.get("input"):
+                row["input"] = r["input"]
+            row.update(output=c["text"].strip(), generator=generator)
+            if "dataset" in r:
+                row["dataset"] = r["dataset"]
+            rows.append(row)
+        atomic_write(args.output, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n",
+                                                                  encoding="utf-8"))
+    except (OSError, ValueError) as e:  # bad input: one line, no traceback
+        print(f"generate.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    no_eos = sum(not c["eos"] for c in out)
+    print(f"wrote {len(rows)} completions by {generator!r} to {args.output} ({no_eos} reached max_new_tokens)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
