@@ -4,7 +4,7 @@
 init_from = "tests/fixtures/stories260K"
 dataset = "data/samples/alpaca_2k_short.json"
 out_dir = "out/tiny"
-max_seq_len = 384
+max_seq_len = 512
 batch_size = 8
 gradient_accumulation_steps = 2
 max_iters = 20

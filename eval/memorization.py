@@ -4,8 +4,10 @@ with corpus BLEU against the training completions, plus how long the generations
 
     python eval/memorization.py --model out/plw01 --data alpaca_data.json --n 10000 --output mem.json
 
-The sample: the first n indices of numpy.random.default_rng(seed).permutation(len(records)), scored in file
-order. A smaller n with the same seed is a subset of a larger one, and n >= len(records) takes every record.
+The sample: the records whose prompt fits (--max_prompt_tokens: pass the training max_seq_len - 1, since a longer
+prompt was cut before its completion in training), then the first n of numpy.random.default_rng(seed).permutation
+of those, scored in file order. A smaller n with the same seed is a subset of a larger one; n >= the eligible
+count takes them all.
 
 Prompt, hypothesis and reference:
   - prompt = [BOS] + tokens(format_prompt(instruction, input)), exactly the prompt tokens of training (Stanford
@@ -63,21 +65,27 @@ def summarize(samples):
 
 
 def memorization(model, tokenizer, records, n=10000, seed=0, max_new_tokens=512, batch_size=32, device=None,
-                 progress=True):
+                 progress=True, max_prompt_tokens=None):
     """Memorization of `records` (Alpaca dicts) by an in-memory model: a dict with n, seed, max_new_tokens, bleu
     (0-100), bleu_precisions, bleu_bp, {gen,ref}_{tokens,words}_{mean,median}, hit_max_new_tokens, timing and
-    "samples" (every scored record, in file order). device: where the model already is (None: wherever)."""
+    "samples" (every scored record, in file order). device: where the model already is (None: wherever).
+
+    Only records whose prompt ([BOS] + template) has at most max_prompt_tokens tokens are eligible (default: the
+    model's context less one). Pass the training max_seq_len - 1: a longer prompt was cut inside the prompt in
+    training, so its completion was never seen. The n records are drawn from the eligible ones."""
     if device is not None:
         want, have = torch.device(device), model.lm_head.weight.device
         if want.type != have.type or want.index not in (None, have.index):  # "cuda" matches cuda:0
             raise ValueError(f"the model is on {have}, not on {want}")
-    idx = sample_indices(len(records), n, seed)
-    chosen = [records[i] for i in idx]
-    prompts = prompt_ids(tokenizer, chosen)
     ctx = model.args.max_seq_len
-    for i, p in zip(idx, prompts):
-        if len(p) >= ctx:
-            raise ValueError(f"record {i}: its prompt has {len(p)} tokens, the model's context is {ctx}")
+    limit = min(max_prompt_tokens or ctx - 1, ctx - 1)
+    all_prompts = prompt_ids(tokenizer, records)
+    eligible = np.array([i for i, p in enumerate(all_prompts) if len(p) <= limit], dtype=np.int64)
+    if len(eligible) == 0:
+        raise ValueError(f"no record has a prompt of at most {limit} tokens")
+    idx = eligible[sample_indices(len(eligible), n, seed)].tolist()
+    chosen = [records[i] for i in idx]
+    prompts = [all_prompts[i] for i in idx]
     full = tokenizer.encode_batch([format_prompt(r["instruction"], r.get("input", "")) + r["output"] for r in chosen])
 
     t0 = time.perf_counter()
@@ -90,6 +98,7 @@ def memorization(model, tokenizer, records, n=10000, seed=0, max_new_tokens=512,
                for i, r, p, f, c in zip(idx, chosen, prompts, full, outs)]
     new_tokens = sum(s["gen_tokens"] + s["eos"] for s in samples)
     return {"n": len(samples), "n_records": len(records), "seed": seed, "max_new_tokens": max_new_tokens,
+            "max_prompt_tokens": limit, "skipped_long_prompts": len(records) - len(eligible),
             **summarize(samples),
             "context_limited": sum(len(p) + max_new_tokens > ctx for p in prompts),
             "new_tokens": new_tokens, "seconds": elapsed, "tokens_per_s": new_tokens / elapsed,
@@ -100,7 +109,9 @@ def report(res):
     """The few lines printed on stdout."""
     return "\n".join([
         f"memorization: {res['n']} of {res['n_records']} records (seed {res['seed']}), greedy, "
-        f"max_new_tokens {res['max_new_tokens']}",
+        f"max_new_tokens {res['max_new_tokens']}"
+        + (f"; {res['skipped_long_prompts']} records with prompts over {res['max_prompt_tokens']} tokens not eligible"
+           if res["skipped_long_prompts"] else ""),
         f"BLEU {res['bleu']:.2f}  (precisions {' / '.join(f'{p:.1f}' for p in res['bleu_precisions'])}, "
         f"BP {res['bleu_bp']:.3f})",
         f"generation: tokens mean {res['gen_tokens_mean']:.1f} median {res['gen_tokens_median']:g}, "
@@ -123,6 +134,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_new_tokens", type=int, default=512)
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_prompt_tokens", type=int, default=None,
+                   help="score only records whose prompt ([BOS] + template) has at most this many tokens "
+                        "(default: the model's context - 1; pass the training max_seq_len - 1)")
     p.add_argument("--samples", type=int, default=None,
                    help="keep the first K samples in the output JSON (default: all; 0: none)")
     p.add_argument("--output", help="results JSON to write")
@@ -138,7 +152,8 @@ def main(argv=None):
         model, tok = load_model(args.model, args.device, args.dtype, args.tokenizer)
         if args.output:  # before the long part, so a bad path fails at once
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        res = memorization(model, tok, records, args.n, args.seed, args.max_new_tokens, args.batch_size)
+        res = memorization(model, tok, records, args.n, args.seed, args.max_new_tokens, args.batch_size,
+                           max_prompt_tokens=args.max_prompt_tokens)
         res = {"model": str(args.model), "data": str(args.data), "device": str(model.lm_head.weight.device),
                "dtype": str(model.lm_head.weight.dtype).removeprefix("torch."), "batch_size": args.batch_size, **res}
         if args.samples is not None:
