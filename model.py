@@ -423,7 +423,7 @@ class Transformer(nn.Module):
         its final device and dtype, so a checkpoint needs about its own size in memory, not twice that.
         dtype None keeps the dtype stored in the checkpoint.
         """
-        from safetensors import safe_open
+        from safetensors import safe_open, SafetensorError
 
         path = Path(path)
         if not path.is_dir():
@@ -442,11 +442,14 @@ class Transformer(nn.Module):
         expected = {hf_key(k): p.shape for k, p in model.named_parameters()}  # a tied head appears once
         found = {}
         for f in files:
-            with safe_open(f, framework="pt") as sf:
-                for k in sf.keys():
-                    if k in found:
-                        raise ValueError(f"tensor {k} appears in both {found[k][0].name} and {f.name}")
-                    found[k] = (f, tuple(sf.get_slice(k).get_shape()))
+            try:
+                with safe_open(f, framework="pt") as sf:
+                    for k in sf.keys():
+                        if k in found:
+                            raise ValueError(f"tensor {k} appears in both {found[k][0].name} and {f.name}")
+                        found[k] = (f, tuple(sf.get_slice(k).get_shape()))
+            except (OSError, SafetensorError) as e:
+                raise ValueError(f"{f}: not a readable safetensors file ({e})") from None
         ignored = {k for k in found if re.search(r"\.rotary_emb\.inv_freq$", k)}  # old checkpoints saved RoPE buffers
         if args.tie_word_embeddings and "lm_head.weight" in found:
             ignored.add("lm_head.weight")  # some tied checkpoints store the head too; HF ties it and ignores it

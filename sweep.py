@@ -76,7 +76,7 @@ def commands(cfg, configs, overrides, s, plw, run_dir, resume):
         "train.py", *configs, *overrides, f"--prompt_loss_weight={plw!r}", f"--out_dir={run_dir}"]
     if resume:
         train.append("--resume=True")
-    steps = [("train", run_dir / "model.safetensors", train)]
+    steps = [("train", run_dir / "config.json", train)]  # train.py exports config.json last
     if s["tasks"]:
         mc = [py, "eval/mc.py", "--model", str(run_dir), "--tasks", s["tasks"], "--data_dir", s["eval_data"],
               "--batch_size", str(s["batch_size"]), "--output", str(run_dir / "eval_mc.json")]
@@ -158,7 +158,7 @@ def main(argv):
 
     for plw in grid:
         run_dir = sweep_dir / plw_name(plw)
-        resume = not (run_dir / "model.safetensors").exists() and bool(train.list_checkpoints(run_dir))
+        resume = not (run_dir / "config.json").exists() and bool(train.list_checkpoints(run_dir))
         for name, done, cmd in commands(cfg, args.configs, overrides, s, plw, run_dir, resume):
             if done.exists():
                 continue

@@ -244,6 +244,8 @@ def save_checkpoint(out, it, model_sd, args, tokenizer_path, state, keep):
     save_hf_checkpoint(model_sd, args, tmp)
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
     torch.save(state, tmp / "train_state.pt")
+    if int(os.environ.get("NANOPLW_FAULT_KILL_CKPT", -1)) == it:  # fault injection, for the tests: die mid-write
+        os.kill(os.getpid(), signal.SIGKILL)
     for f in tmp.iterdir():  # model files were fsynced by save_hf_checkpoint; these two were not
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -259,10 +261,11 @@ def save_checkpoint(out, it, model_sd, args, tokenizer_path, state, keep):
 
 def export_final(out, ckpt):
     """out_dir itself becomes an HF model directory: hard links to the final checkpoint's files, each replaced
-    atomically (a copy where the filesystem has no hard links)."""
-    for f in ckpt.iterdir():
-        if f.name == "train_state.pt":
-            continue
+    atomically (a copy where the filesystem has no hard links). config.json comes last, so its presence in out_dir
+    means the export is complete (sweep.py relies on that)."""
+    (Path(out) / "config.json").unlink(missing_ok=True)
+    files = sorted((f for f in ckpt.iterdir() if f.name != "train_state.pt"), key=lambda f: f.name == "config.json")
+    for f in files:
         tmp = Path(out) / f".{f.name}.tmp"
         tmp.unlink(missing_ok=True)
         try:
@@ -440,9 +443,17 @@ def main(argv):
         print("config: " + json.dumps(cfg), file=sys.stderr)
         print(f"{n} training examples, global batch {G} ({batch_size} x {gradient_accumulation_steps} accumulation x "
               f"{world} ranks), {per_epoch} steps/epoch, {total} steps, warmup {warmup}", file=sys.stderr)
+        for stale in out.glob(".ckpt-*.tmp"):  # a checkpoint whose writing was killed: never renamed, never valid
+            shutil.rmtree(stale, ignore_errors=True)
         log_path = out / "log.jsonl"
-        if resume and log_path.exists():  # drop what was logged after the checkpoint we resume from
-            keep = [l for l in log_path.read_text().splitlines() if l.strip() and json.loads(l)["iter"] <= start]
+        if resume and log_path.exists():
+            # keep what was logged up to the checkpoint we resume from; a kill mid-append can leave a torn last line
+            def logged_before(line):
+                try:
+                    return json.loads(line)["iter"] <= start
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    return False
+            keep = [l for l in log_path.read_text().splitlines() if logged_before(l)]
             atomic_write(log_path, lambda tmp: Path(tmp).write_text("".join(l + "\n" for l in keep)))
         log_file = open(log_path, "a")
 

@@ -50,7 +50,7 @@ def test_sweep_runs_evaluates_analyzes_and_skips_what_is_done(tmp_path):
     assert (d / "scores.jsonl").read_text() == before
 
     # an interrupted run (a checkpoint, no final model) is resumed; a dry run prints the commands still to run
-    (d / "plw0.1" / "model.safetensors").unlink()
+    (d / "plw0.1" / "config.json").unlink()  # as a kill before the export's last step leaves it
     (d / "plw0.1" / "eval_mc.json").unlink()
     r = sweep(*SMALL, f"--sweep_dir={d}", f"--eval_data={EVAL_HF}", "--dry_run")
     lines = r.stdout.strip().splitlines()
