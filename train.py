@@ -72,6 +72,8 @@ overwrite = False               # allow starting a new run in an out_dir that ho
 log_interval = 1                # log every N steps (1 is needed for the loss RSD analysis)
 eval_interval = 0               # validation loss every N steps (needs val_size > 0); 0 = only at the end
 on_nonfinite = "stop"           # a NaN/inf loss or gradient: stop (saving the last good state) | skip the step
+optimizer = "adamw"             # adamw: fp32 weights and AdamW state | adamw_bf16: bf16 weights, gradients and
+                                # state, fp32 update math, stochastic rounding (7B on one 80 GB GPU; see AdamWBF16)
 # -----------------------------------------------------------------------------
 CONFIG_KEYS = [k for k, v in list(globals().items()) if not k.startswith("_") and isinstance(v, (bool, int, float, str))
                and k not in ("CONFIG_KEYS",)]
@@ -153,6 +155,7 @@ def check_config(c):
     need(c["dtype"] in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16, got {c['dtype']!r}")
     need(c["parallel"] in ("ddp", "fsdp"), f"parallel must be ddp or fsdp, got {c['parallel']!r}")
     need(c["on_nonfinite"] in ("stop", "skip"), f"on_nonfinite must be stop or skip, got {c['on_nonfinite']!r}")
+    need(c["optimizer"] in ("adamw", "adamw_bf16"), f"optimizer must be adamw or adamw_bf16, got {c['optimizer']!r}")
     need(c["device"] == "cpu" or c["device"].startswith("cuda"), f"device must be cpu or cuda[:N], got {c['device']!r}")
     need(c["init_from"] != "", "init_from is empty: set it to an HF LLaMA directory (config.json, model.safetensors, "
                                "tokenizer.model)")
@@ -200,6 +203,54 @@ def target_counts(data, ids):
     o = data["offsets"]
     prompt = sum(int((data["roles"][o[i] + 1:o[i + 1]] == 0).sum()) for i in ids)
     return int((o[ids + 1] - o[ids] - 1).sum()), prompt
+
+
+# -----------------------------------------------------------------------------
+# AdamW on bf16 weights: the memory plan for full fine-tuning of a 7B model on one 80 GB GPU
+
+def stochastic_round_bf16(x):
+    """fp32 -> bf16 rounding up or down at random, with probability by distance, so E[result] = x: an update far
+    below bf16's spacing (2e-5 on a weight of 1e-2, whose spacing is 6e-5) still moves the weight on average,
+    where round-to-nearest would drop it every time. Adds 16 random bits below bf16's mantissa, then truncates."""
+    bits = x.view(torch.int32)
+    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device)
+    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)  # exact: the low 16 bits are zero
+
+
+class AdamWBF16(torch.optim.Optimizer):
+    """AdamW (torch.optim.AdamW's update, decoupled weight decay) for bf16 parameters: the moments are kept in
+    bf16 too, and each step is computed in fp32 and written back with stochastic rounding. Weights, gradients and
+    both moments take 2 bytes per parameter each, 8 in all (LLaMA-2-7B: 54 GB), against 16 with fp32 master
+    weights (108 GB). train.py's tests measure what it costs in accuracy."""
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, stochastic_rounding=True):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        # round-to-nearest is there to measure what stochastic rounding buys (README: the 7B memory plan)
+        self.round = stochastic_round_bf16 if stochastic_rounding else (lambda x: x.to(torch.bfloat16))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.bfloat16)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
+                state["step"] += 1
+                t = state["step"]
+                g = p.grad.float()
+                m = state["exp_avg"].float().lerp_(g, 1 - beta1)                   # fp32 math, bf16 storage
+                v = state["exp_avg_sq"].float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                w = p.float().mul_(1 - group["lr"] * group["weight_decay"])
+                denom = (v / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
+                w.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1 ** t))
+                p.copy_(self.round(w))
+                state["exp_avg"].copy_(self.round(m))
+                state["exp_avg_sq"].copy_(self.round(v))
 
 
 def get_lr(it, total, warmup):
@@ -354,6 +405,10 @@ def main(argv):
 
     # model: float32 master weights; bf16 compute through autocast (single/DDP) or FSDP's mixed precision
     ptdtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    if optimizer == "adamw_bf16" and (ptdtype != torch.bfloat16 or (distributed and parallel == "fsdp")):
+        raise ConfigError("optimizer='adamw_bf16' keeps the weights in bf16: it needs dtype='bfloat16' and does not "
+                          "combine with parallel='fsdp' (FSDP already shards fp32 state across GPUs)")
+    wdtype = torch.bfloat16 if optimizer == "adamw_bf16" else torch.float32  # the weights' own dtype
     if tok.vocab_size != base_args.vocab_size:
         raise ConfigError(f"tokenizer {tok_path} has {tok.vocab_size} tokens but the model in {init_from} has a "
                           f"vocabulary of {base_args.vocab_size}: they do not belong together")
@@ -381,9 +436,9 @@ def main(argv):
         if fsdp:  # every rank builds on meta; rank 0 alone reads the checkpoint and broadcasts it below
             with torch.device("meta"):
                 model = Transformer(base_args)
-            full_sd = Transformer.from_pretrained(load_dir, dtype=torch.float32).state_dict() if master else {}
+            full_sd = Transformer.from_pretrained(load_dir, dtype=wdtype).state_dict() if master else {}
         else:
-            model = Transformer.from_pretrained(load_dir, device=dev, dtype=torch.float32)
+            model = Transformer.from_pretrained(load_dir, device=dev, dtype=wdtype)
     except (FileNotFoundError, ValueError) as e:  # a broken checkpoint is the user's to fix: say what is wrong
         raise ConfigError(str(e)) from None
     for m in model.modules():  # dropout is a training setting, not part of the checkpoint
@@ -408,15 +463,17 @@ def main(argv):
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), eps=1e-8,
-                                  fused=dev.startswith("cuda"))
+    if optimizer == "adamw_bf16":
+        opt = AdamWBF16(groups, lr=learning_rate, betas=(beta1, beta2), eps=1e-8)
+    else:
+        opt = torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), eps=1e-8, fused=dev.startswith("cuda"))
     if state is not None:
         if fsdp:
             from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-            set_optimizer_state_dict(model, optimizer, state["optimizer"] if master else {},
+            set_optimizer_state_dict(model, opt, state["optimizer"] if master else {},
                                      options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
         else:
-            optimizer.load_state_dict(state["optimizer"])
+            opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"][rank % len(state["rng"]["torch"])])
         if dev.startswith("cuda") and state["rng"].get("cuda"):
             torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])])
@@ -427,8 +484,9 @@ def main(argv):
     if distributed and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if dev.startswith("cuda") else None)
+    # bf16 compute on fp32 weights through autocast; FSDP casts through its policy, bf16 weights need neither
     autocast = (torch.autocast(device_type="cuda", dtype=ptdtype) if dev.startswith("cuda") and not fsdp
-                and ptdtype != torch.float32 else nullcontext())
+                and ptdtype != torch.float32 and wdtype == torch.float32 else nullcontext())
     pad_multiple = 64 if compile else 1  # few distinct shapes, so torch.compile compiles a handful of graphs
 
     # the run record
@@ -463,9 +521,9 @@ def main(argv):
             from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
             sd = get_model_state_dict(raw_model, options=opts)
-            opt_sd = get_optimizer_state_dict(raw_model, optimizer, options=opts)
+            opt_sd = get_optimizer_state_dict(raw_model, opt, options=opts)
         else:
-            sd, opt_sd = raw_model.state_dict(), optimizer.state_dict()
+            sd, opt_sd = raw_model.state_dict(), opt.state_dict()
         rng = {"torch": [torch.get_rng_state()], "cuda": [torch.cuda.get_rng_state()] if dev.startswith("cuda") else []}
         if distributed:  # every rank's generator: dropout masks differ per rank
             gathered = [None] * world
@@ -516,7 +574,7 @@ def main(argv):
     it = start
     while it < total:
         lr = get_lr(it, total, warmup)
-        for group in optimizer.param_groups:
+        for group in opt.param_groups:
             group["lr"] = lr
         ids = step_examples(it, n, G, seed)
         n_targets, n_prompt = target_counts(train_data, ids)
@@ -545,7 +603,7 @@ def main(argv):
             gnorm = torch.nn.utils.get_total_norm([q.grad for q in model.parameters() if q.grad is not None])
         gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # the step's one host sync
         if not math.isfinite(gnorm) or W <= 0:
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             if W > 0 and on_nonfinite == "stop":
                 path = checkpoint(it)  # the weights are still those before this step: the last good state
                 if master:
@@ -558,8 +616,8 @@ def main(argv):
                 why = "non-finite gradient" if W > 0 else "no target with non-zero weight"
                 print(f"warning: iter {it + 1} skipped: {why}", file=sys.stderr)
         else:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         it += 1
         bar.update(1)
         tokens_since += n_targets
