@@ -534,14 +534,21 @@ def checkpoint_files(path):
 
 
 def atomic_write(path, write):
-    """write(tmp_path) then rename over path: a crash leaves the old file or the new one, never half of one."""
+    """write(tmp_path) then rename over path: a crash leaves the old file or the new one, never half of one, and
+    a failure leaves nothing behind. The file and then its directory are fsynced, so the rename survives a crash."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     finally:
         tmp.unlink(missing_ok=True)
 

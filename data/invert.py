@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python data/invert.py` finds data.prepare
 
-from data.prepare import DATA_DIR, DATASETS, DataError, atomic_write, load_records
+from data.prepare import DATA_DIR, DATASETS, DataError, load_records
 
 INSTRUCTION = "Predict the prompt that generated the following AI output."
 INSTRUCTION_WITH_INPUT = ("Predict the prompt that generated the following AI output. "
@@ -74,7 +74,9 @@ def invert_file(src, dst, verbose=True):
         raise DataError(f"{src}: every record was skipped (empty outputs or instructions), nothing to write")
     data = json.dumps(out, indent=4).encode("utf-8")
     dst = Path(dst)
-    atomic_write(dst, gzip.compress(data, compresslevel=9, mtime=0) if dst.suffix == ".gz" else data)
+    from model import atomic_write
+    payload = gzip.compress(data, compresslevel=9, mtime=0) if dst.suffix == ".gz" else data
+    atomic_write(dst, lambda tmp: Path(tmp).write_bytes(payload))
     if verbose:
         for reason, idx in skipped.items():
             if idx:

@@ -91,26 +91,6 @@ def format_prompt(instruction, input=""):
     return PROMPT_NO_INPUT.format_map({"instruction": instruction})
 
 
-def atomic_write(path, data):
-    """Write bytes (or, given a function, call it on an open binary file) to a temp file beside `path`, fsync,
-    then rename over `path`: readers see the old file or the new one, never half of one, and a failure leaves
-    nothing behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # -----------------------------------------------------------------------------
 # loading records
 
@@ -138,10 +118,10 @@ def _bad_record(text):
         i, n = i + 1, n + 1
 
 
-def load_records(path):
-    """A list of {instruction, input, output} dicts from .json, .json.gz or .jsonl(.gz); DataError when malformed.
-    A missing `input` is read as "" (some Alpaca variants omit it); every other field must be a string.
-    Record indices in messages count from 0 (the index in the JSON list, or the n-th non-blank JSONL line)."""
+def read_json_list(path):
+    """The non-empty list of records in a .json, .json.gz or .jsonl(.gz) file; DataError naming the file (and the
+    record) when it is missing, unreadable, empty or not valid JSON. Record indices count from 0 (the index in
+    the JSON list, or the n-th non-blank JSONL line)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
@@ -172,7 +152,15 @@ def load_records(path):
         raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     if not records:
         raise DataError(f"{path}: no records")
+    return records
+
+
+def load_records(path):
+    """A list of {instruction, input, output} dicts from an Alpaca-format file (see read_json_list); DataError
+    when malformed. A missing `input` is read as "" (some Alpaca variants omit it); every other field must be a
+    string."""
     out = []
+    records = read_json_list(path)
     for i, r in enumerate(records):
         if not isinstance(r, dict):
             raise DataError(f"{path}: record {i} is a {type(r).__name__}, expected an object with {', '.join(FIELDS)}")
@@ -240,8 +228,8 @@ def download(url, dst, blob=None):
     dst = Path(dst)
     print(f"downloading {url} -> {dst}", file=sys.stderr)
 
-    def fetch(f):
-        with urllib.request.urlopen(url, timeout=60) as r:
+    def fetch(tmp):
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name, leave=False) as bar:
                 while chunk := r.read(1 << 20):
@@ -249,6 +237,7 @@ def download(url, dst, blob=None):
                     bar.update(len(chunk))
     new_dir = not dst.parent.exists()
     try:
+        from model import atomic_write  # the project's one atomic writer (imports torch: only when writing)
         atomic_write(dst, fetch)
     except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors; a malformed URL is a ValueError
         if new_dir:
@@ -354,7 +343,12 @@ def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337,
         from tokenizer import Tokenizer
         data = tokenize(load_records(src), Tokenizer(tok_file), progress=verbose)
         try:
-            atomic_write(cache, lambda f: np.savez(f, **data))
+            from model import atomic_write
+
+            def save(tmp):
+                with open(tmp, "wb") as f:  # a file object: given a name, np.savez would append ".npz" to it
+                    np.savez(f, **data)
+            atomic_write(cache, save)
         except OSError as e:
             raise DataError(f"cannot write the cache {cache} ({e}); pass a writable cache_dir") from None
 

@@ -36,7 +36,8 @@ Conventions (all in one place, because each one changes the numbers):
 Training-loss stability (the paper's mechanism check) comes from a run's log.jsonl, one JSON object per logged
 optimizer step ({"iter", "loss", "prompt_loss", "completion_loss", ...}): see loss_rsd.
 
-Runtime dependencies: stdlib and numpy; matplotlib only for figures, imported lazily.
+Runtime dependencies: stdlib and numpy; matplotlib only for figures and model.atomic_write (torch) only for --out,
+both imported when used.
 """
 import argparse
 import json
@@ -44,9 +45,11 @@ import math
 import os
 import re
 import sys
-import tempfile
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's model.atomic_write
 
 LOG10_2 = math.log10(2)  # exponent of the PLW -> w_p map
 PAPER_PLWS = (0.0, 5e-4, 2.236e-3, 0.01, 0.02463, 0.05, 0.1, 0.2463, 0.5, 1.0)  # the paper's grid
@@ -153,8 +156,9 @@ def normalize_rows(rows):
     return sorted(last.values(), key=lambda r: (r["dataset"], r["plw"], r["benchmark"]))
 
 
-def load_scores(path):
-    """Read scores.jsonl into a list of dicts (blank lines skipped); bad lines raise ValueError naming the line."""
+def read_jsonl(path, check, what):
+    """The JSON objects of a .jsonl file (blank lines skipped); check(row, where) validates each. ValueError naming
+    the file and line for a missing file, invalid JSON or a bad row, and for a file without rows."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
     rows = []
@@ -166,11 +170,16 @@ def load_scores(path):
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            _check_row(row, f"{path}:{lineno}")
+            check(row, f"{path}:{lineno}")
             rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no score rows")
+        raise ValueError(f"{path}: no {what} rows")
     return rows
+
+
+def load_scores(path):
+    """Read scores.jsonl into a list of dicts; bad lines raise ValueError naming the line."""
+    return read_jsonl(path, _check_row, "score")
 
 
 # -----------------------------------------------------------------------------
@@ -320,23 +329,10 @@ def analyze(rows):
 
 def load_log(path):
     """Read a training log.jsonl (one JSON object per logged optimizer step, each with an integer "iter")."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("iter"), int) or isinstance(row["iter"], bool):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with an integer 'iter'")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no log rows")
-    return rows
+    def check(row, where):
+        if not isinstance(row, dict) or not isinstance(row.get("iter"), int) or isinstance(row["iter"], bool):
+            raise ValueError(f"{where}: expected a JSON object with an integer 'iter'")
+    return read_jsonl(path, check, "log")
 
 
 def loss_rsd(log_rows, key="loss", window=5):
@@ -458,20 +454,6 @@ def markdown_logs(logs):
 # -----------------------------------------------------------------------------
 # files and figures
 
-def atomic_write(path, write):
-    """Write via write(binary_file) to a temp file beside path, then os.replace: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _slug(name):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -503,7 +485,8 @@ def make_figures(result, out_dir):
 
     def save(fig, name):
         path = os.path.join(out_dir, name)
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+        from model import atomic_write
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
         written.append(path)
 
     colors = {None: "black", "mc": "tab:blue", "gen": "tab:orange"}
@@ -568,8 +551,9 @@ def run(args):
     print(json.dumps(result, indent=2) if args.json else md, end="\n" if args.json else "")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        atomic_write(os.path.join(args.out, "table.md"), lambda f: f.write(md.encode("utf-8")))
-        atomic_write(os.path.join(args.out, "fit.json"), lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+        from model import atomic_write  # imports torch: only when writing files
+        atomic_write(os.path.join(args.out, "table.md"), lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
+        atomic_write(os.path.join(args.out, "fit.json"), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
         written = [os.path.join(args.out, n) for n in ("table.md", "fit.json")]
         if "datasets" in result:
             written += make_figures(result, args.out)

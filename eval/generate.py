@@ -16,7 +16,6 @@ a leading space (sentencepiece removes the space of a text's first piece). The A
 stripped of surrounding whitespace, as a judge reads it.
 """
 import argparse
-import gzip
 import json
 import re
 import sys
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from tqdm import tqdm
 
-from data.prepare import format_prompt
+from data.prepare import DataError, format_prompt, read_json_list
 from model import Transformer, atomic_write
 from tokenizer import Tokenizer
 
@@ -62,36 +61,13 @@ def load_model(path, device=None, dtype=None, tokenizer=None):
 
 def load_prompts(path):
     """Records with a string "instruction" (and optional string "input") from .json / .jsonl (.gz);
-    every other field is kept as it is. ValueError naming the file and record when malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            text = f.read()
-    except (UnicodeDecodeError, EOFError) as e:
-        raise ValueError(f"{path}: cannot read ({e})") from None
-    try:
-        if path.name.removesuffix(".gz").endswith(".jsonl"):
-            records = []
-            for n, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
-        else:
-            records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    if not isinstance(records, list) or not records:
-        raise ValueError(f"{path}: expected a non-empty JSON list of records with an 'instruction'")
+    every other field is kept as it is. DataError (a ValueError) naming the file and record when malformed."""
+    records = read_json_list(path)
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not isinstance(r.get("instruction"), str):
-            raise ValueError(f"{path}: record {i} has no string field 'instruction'")
+            raise DataError(f"{path}: record {i} has no string field 'instruction'")
         if not isinstance(r.get("input", ""), str):
-            raise ValueError(f"{path}: record {i} field 'input' is a {type(r['input']).__name__}, expected a string")
+            raise DataError(f"{path}: record {i} field 'input' is a {type(r['input']).__name__}, expected a string")
     return records
 
 
