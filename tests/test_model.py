@@ -255,3 +255,28 @@ def test_load_needs_about_one_copy_of_memory(tmp_path):
             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) * 1024)")
     grown = int(subprocess.check_output([sys.executable, "-c", code, str(tmp_path), str(ROOT)]).split()[-1])
     assert size > 150e6 and grown < 1.3 * size, (grown, size)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_model_cross_entropy_paths_with_padding(tmp_path, eps):
+    # model(idx, targets) skips padded targets in the head, and keeps the softmax for backward when every row
+    # fits in one chunk: both paths must give cross-entropy's values and gradients, checked against float64
+    hf = hf_model(**CONFIGS["gqa"])
+    hf.save_pretrained(tmp_path)
+    idx = torch.randint(0, 300, (3, 20), generator=torch.Generator().manual_seed(5))
+    targets = idx.roll(-1, 1)
+    targets[0, 12:] = -1  # padding
+    targets[2, 5:] = -1
+    up = torch.rand(3, 20, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    ref_m = Transformer.from_pretrained(tmp_path).double().train()
+    ref = F.cross_entropy(ref_m(idx).reshape(-1, 300), targets.reshape(-1), ignore_index=-1, reduction="none",
+                          label_smoothing=eps).view(3, 20)
+    (ref * up).sum().backward()
+    for chunk in (7, 10_000):  # several chunks (recompute in backward) / one chunk (softmax kept)
+        m = Transformer.from_pretrained(tmp_path).train()
+        ce = m(idx, targets, label_smoothing=eps, ce_chunk=chunk)
+        (ce * up.float()).sum().backward()
+        assert (ce[targets < 0] == 0).all()
+        assert rel_err(ce.double(), ref) < 1e-5
+        for k, p in ref_m.named_parameters():
+            assert rel_err(dict(m.named_parameters())[k].grad.double(), p.grad) < 1e-5, (chunk, k)
