@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 import torch.nn.functional as F
 
 
@@ -332,6 +333,9 @@ class Transformer(nn.Module):
         if args.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.reset_rope()
+        # training: keep only each block's input and recompute its activations in the backward pass (about a third
+        # more compute for a fraction of the activation memory; train.py's activation_checkpointing)
+        self.activation_checkpointing = False
         self.apply(self._init_weights)  # a no-op on the meta device, where from_pretrained builds the model
 
     def _init_weights(self, module):
@@ -374,7 +378,11 @@ class Transformer(nn.Module):
                 cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)                        # (B, 1, T, hd)
         x = self.embed_tokens(idx)                                                   # (B, T, dim)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, None if cache is None else cache[i], start_pos)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # non-reentrant checkpointing restores the RNG state for the recompute: the same dropout masks
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, start_pos, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, None if cache is None else cache[i], start_pos)
         x = self.norm(x)                                                             # (B, T, dim)
         if return_hidden:
             return x

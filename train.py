@@ -72,6 +72,7 @@ overwrite = False               # allow starting a new run in an out_dir that ho
 log_interval = 1                # log every N steps (1 is needed for the loss RSD analysis)
 eval_interval = 0               # validation loss every N steps (needs val_size > 0); 0 = only at the end
 on_nonfinite = "stop"           # a NaN/inf loss or gradient: stop (saving the last good state) | skip the step
+activation_checkpointing = False  # recompute each block's activations in the backward pass: less memory
 optimizer = "adamw"             # adamw: fp32 weights and AdamW state | adamw_bf16: bf16 weights, gradients and
                                 # state, fp32 update math, stochastic rounding (7B on one 80 GB GPU; see AdamWBF16)
 # -----------------------------------------------------------------------------
@@ -81,7 +82,8 @@ DEFAULTS = {k: globals()[k] for k in CONFIG_KEYS}
 # keys that may differ when resuming: they do not change what is computed (the micro-batch split of the same
 # global batch gives the same update; see the module docstring)
 RESUMABLE_CHANGES = {"resume", "overwrite", "log_interval", "checkpoint_interval", "keep_checkpoints", "compile",
-                     "eval_interval", "batch_size", "gradient_accumulation_steps", "device", "parallel"}
+                     "eval_interval", "batch_size", "gradient_accumulation_steps", "device", "parallel",
+                     "activation_checkpointing"}
 
 
 class ConfigError(ValueError):
@@ -445,6 +447,7 @@ def main(argv):
         if hasattr(m, "dropout"):
             m.dropout = dropout
     model.args.dropout = dropout
+    model.activation_checkpointing = activation_checkpointing
     model.train()
     if fsdp:
         from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy

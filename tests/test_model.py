@@ -280,3 +280,20 @@ def test_model_cross_entropy_paths_with_padding(tmp_path, eps):
         assert rel_err(ce.double(), ref) < 1e-5
         for k, p in ref_m.named_parameters():
             assert rel_err(dict(m.named_parameters())[k].grad.double(), p.grad) < 1e-5, (chunk, k)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    # with dropout on: the recompute in backward must draw the same masks
+    grads = []
+    for ckpt in (False, True):
+        m = Transformer.from_pretrained(STORIES).train()
+        for mod in m.modules():
+            if hasattr(mod, "dropout"):
+                mod.dropout = 0.2
+        m.activation_checkpointing = ckpt
+        idx = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(0))
+        torch.manual_seed(1)
+        m(idx[:, :-1], idx[:, 1:]).sum().backward()
+        grads.append({k: p.grad for k, p in m.named_parameters()})
+    for k in grads[0]:
+        assert torch.equal(grads[0][k], grads[1][k]), k
