@@ -5,19 +5,20 @@ The yardstick: speed, memory and MFU of nanoPLW against HF transformers, in one 
     python bench.py --model tiny                                    # CPU float32: train, generate, mc
     python bench.py --model tiny --mode train --steps 20 --json     # + a row in bench/results.jsonl
     python bench.py --model llama2-7b --mode train --device cuda --dtype bfloat16 --compile \
-        --batch_size 4 --grad_accum 32 --json                       # global batch 128, Stanford Alpaca's
+        --batch_size 4 --grad_accum 32 --optimizer adamw_bf16 --json  # global batch 128; 7B on one 80 GB GPU
 
 --model: a named shape (SHAPES below) or an HF config.json (or a directory holding one); weights are always random.
 
 Modes (each prints ours, HF and the ratio ours/HF of the throughput; --json appends one row per mode):
   train     one optimizer step over a global batch of batch_size x grad_accum sequences: forward, per-token
             cross-entropy weighted PLW on prompt targets, 1 on completion targets, 0 on padding, summed and
-            divided by the batch's total weight, backward, AdamW (foreach on CPU, fused on CUDA; same settings
-            on both sides). Ours: model(idx, targets), the chunked CE of model.py. HF: model(idx).logits, then
+            divided by the batch's total weight, backward, AdamW (foreach on CPU, fused on CUDA; or, with
+            --optimizer adamw_bf16, train.py's bf16 AdamW with stochastic rounding; same settings on both sides). Ours: model(idx, targets), the chunked CE of model.py. HF: model(idx).logits, then
             F.cross_entropy(reduction="none") on the fp32 logits and the same weighting: the loop a user writes.
             Sequence lengths follow Stanford Alpaca with its prompt template under the LLaMA tokenizer (ALPACA_*
-            below; mean 127 tokens, 99th percentile 362), cut at --seq_len; each micro-batch is right-padded to
-            its longest row (rounded up to a multiple of 8). tokens/s counts non-padding tokens; MFU counts
+            below; mean 127 tokens, 99th percentile 362), cut at --seq_len; as in train.py, a global batch is
+            sorted by length into its micro-batches, each right-padded to its longest row (rounded up to a
+            multiple of 8). tokens/s counts non-padding tokens; MFU counts
             model.flops_per_token(len) * len per sequence (useful FLOPs only) against the GPU's dense bf16 peak.
   generate  greedy decoding of batch_size prompts of 20-60 random tokens, --new_tokens each, never stopping
             early. Ours: model.generate(lists of ids). HF: generate(do_sample=False) on the left-padded batch with
@@ -230,8 +231,12 @@ def cpu_state_dict(model):
     return {hf_key(k): v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def make_optimizer(model, device):
-    # the same AdamW for both sides; fused is the fast path on CUDA, foreach everywhere else
+def make_optimizer(model, device, kind="adamw"):
+    # the same optimizer for both sides: torch's AdamW (fused on CUDA, foreach elsewhere), or train.py's
+    # AdamWBF16 (bf16 weights and state, stochastic rounding: the plan for 7B on one 80 GB GPU)
+    if kind == "adamw_bf16":
+        from train import AdamWBF16
+        return AdamWBF16(model.parameters(), lr=2e-5, betas=(0.9, 0.95), weight_decay=0.0)
     fast = dict(fused=True) if device.type == "cuda" else dict(foreach=True)
     return torch.optim.AdamW(model.parameters(), lr=2e-5, betas=(0.9, 0.95), weight_decay=0.0, **fast)
 
@@ -319,12 +324,14 @@ def alpaca_lengths(n, seq_len, gen):
 
 
 def train_batches(n, batch_size, grad_accum, seq_len, vocab, plw, gen):
-    """n global batches, each grad_accum micro-batches (idx, targets, weights) plus the global weight sum."""
+    """n global batches, each grad_accum micro-batches (idx, targets, weights) plus the global weight sum. As in
+    train.py, the global batch's sequences are sorted by length into its micro-batches, which keeps padding low."""
     out = []
     for _ in range(n):
         micro, wsum, real, flops_seqs = [], 0.0, 0, []
-        for _ in range(grad_accum):
-            pairs = alpaca_lengths(batch_size, seq_len, gen)
+        everything = sorted(alpaca_lengths(batch_size * grad_accum, seq_len, gen), key=lambda pc: -(pc[0] + pc[1]))
+        for m in range(grad_accum):
+            pairs = everything[m * batch_size:(m + 1) * batch_size]
             T = max(p + c for p, c in pairs) - 1
             T = min(seq_len, -(-T // 8) * 8)
             idx = torch.zeros(batch_size, T, dtype=torch.long)
@@ -356,9 +363,10 @@ def bench_train(a, args, device, dtype, peak):
 
     def ours():
         model = build_ours(args, device, dtype, a.seed).train()
+        model.activation_checkpointing = a.activation_checkpointing
         if not a.no_hf:
             init["sd"] = cpu_state_dict(model)
-        opt = make_optimizer(model, device)
+        opt = make_optimizer(model, device, a.optimizer)
         fwd = torch.compile(model) if a.compile else model
 
         def run(i):
@@ -376,7 +384,9 @@ def bench_train(a, args, device, dtype, peak):
 
     def hf():
         model = build_hf(args, init.pop("sd"), device, dtype).train()
-        opt = make_optimizer(model, device)
+        if a.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        opt = make_optimizer(model, device, a.optimizer)
         fwd = torch.compile(model) if a.compile else model
 
         def run(i):
@@ -593,6 +603,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, help="CPU threads (default torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="train: torch.compile both models")
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw_bf16"],
+                   help="train: torch AdamW, or train.py's bf16 AdamW with stochastic rounding (with --dtype bfloat16)")
+    p.add_argument("--activation_checkpointing", action="store_true", help="train: recompute blocks in backward")
     p.add_argument("--no_hf", action="store_true", help="measure ours only")
     p.add_argument("--json", action="store_true", help="append one row per mode to --results")
     p.add_argument("--results", default=str(ROOT / "bench" / "results.jsonl"))
@@ -649,7 +662,8 @@ def main(argv=None):
                    "command": shlex.join(["python", "bench.py", *argv]),
                    "mode": mode, "model": model_name, "params": n_params(args), "dtype": a.dtype,
                    "batch_size": a.batch_size, "grad_accum": a.grad_accum, "seq_len": a.seq_len,
-                   "steps": a.steps, "warmup": a.warmup, "compile": a.compile, "peak_flops": peak}
+                   "steps": a.steps, "warmup": a.warmup, "compile": a.compile, "peak_flops": peak,
+                   "optimizer": a.optimizer, "activation_checkpointing": a.activation_checkpointing}
             if not a.no_hf:
                 import transformers
                 row["transformers"] = transformers.__version__
