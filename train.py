@@ -482,15 +482,19 @@ def main(argv):
             torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])])
         del state
 
-    if compile:
-        model = torch.compile(model)
+    if compile:  # dynamic: sequence lengths vary from micro-batch to micro-batch, one graph serves them all
+        model = torch.compile(model, dynamic=True)
     if distributed and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if dev.startswith("cuda") else None)
     # bf16 compute on fp32 weights through autocast; FSDP casts through its policy, bf16 weights need neither
     autocast = (torch.autocast(device_type="cuda", dtype=ptdtype) if dev.startswith("cuda") and not fsdp
                 and ptdtype != torch.float32 and wdtype == torch.float32 else nullcontext())
-    pad_multiple = 64 if compile else 1  # few distinct shapes, so torch.compile compiles a handful of graphs
+    # padding: micro-batches are cut from the length-sorted global batch, so on Stanford Alpaca (LLaMA tokenizer,
+    # global batch 128, micro-batch 4) exact lengths waste 3.9% of the tokens, a multiple of 8 (tensor-core
+    # friendly shapes) 6.4%, a multiple of 64 23%
+    pad_multiple = 8 if dev.startswith("cuda") else 1
+    pin = dev.startswith("cuda")  # page-locked host memory: the copies to the GPU do not block the host
 
     # the run record
     if master:
@@ -586,7 +590,7 @@ def main(argv):
         stats = torch.zeros(3, dtype=torch.float64, device=dev)  # sum w*CE, prompt CE, completion CE (this rank)
         for k, mb in enumerate(micro[rank::world]):
             x, y, w, p = collate(train_data, mb, prompt_loss_weight, pad_multiple)
-            x, y, w, p = (t.to(dev, non_blocking=True) for t in (x, y, w, p))
+            x, y, w, p = ((t.pin_memory() if pin else t).to(dev, non_blocking=True) for t in (x, y, w, p))
             last = k == gradient_accumulation_steps - 1
             sync = model.no_sync() if distributed and not fsdp and not last else nullcontext()
             if fsdp:
