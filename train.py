@@ -385,6 +385,10 @@ def main(argv):
     # the run directory: refuse to mix two runs
     ckpts = list_checkpoints(out) if out.is_dir() else []
     ours = [out / "run_config.json", out / "log.jsonl"] + ckpts
+    exported = [out / "config.json", out / "tokenizer.model"] + (list(out.glob("model*.safetensors*")) if out.is_dir() else [])
+    found = [p.name for p in exported if p.exists()]
+    if found and not (out / "run_config.json").exists():  # e.g. out_dir = the base model: never touch it
+        raise ConfigError(f"{out} holds a model that is not a nanoPLW run ({', '.join(found)}): choose another out_dir")
     if resume and not ckpts:
         raise ConfigError(f"--resume=True but {out} holds no checkpoint to resume from")
     if not resume and any(p.exists() for p in ours) and not overwrite:
@@ -421,8 +425,8 @@ def main(argv):
     if resume:
         ckpt = ckpts[-1]
         state = torch.load(ckpt / "train_state.pt", map_location="cpu", weights_only=False, mmap=True)
-        changed = [f"{k}: {state['config'][k]!r} -> {cfg[k]!r}" for k in cfg
-                   if k not in RESUMABLE_CHANGES and state["config"].get(k) != cfg[k]]
+        was = {**DEFAULTS, **state["config"]}  # a key added since the run started had its default then
+        changed = [f"{k}: {was[k]!r} -> {cfg[k]!r}" for k in cfg if k not in RESUMABLE_CHANGES and was[k] != cfg[k]]
         if state["global_batch"] != G:
             changed.append(f"global batch size: {state['global_batch']} -> {G}")
         if state["data_fingerprint"] != fingerprint:
@@ -488,8 +492,8 @@ def main(argv):
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if dev.startswith("cuda") else None)
     # bf16 compute on fp32 weights through autocast; FSDP casts through its policy, bf16 weights need neither
-    autocast = (torch.autocast(device_type="cuda", dtype=ptdtype) if dev.startswith("cuda") and not fsdp
-                and ptdtype != torch.float32 and wdtype == torch.float32 else nullcontext())
+    autocast = (torch.autocast(device_type="cuda" if dev.startswith("cuda") else "cpu", dtype=ptdtype)
+                if not fsdp and ptdtype != torch.float32 and wdtype == torch.float32 else nullcontext())
     # padding: micro-batches are cut from the length-sorted global batch, so on Stanford Alpaca (LLaMA tokenizer,
     # global batch 128, micro-batch 4) exact lengths waste 3.9% of the tokens, a multiple of 8 (tensor-core
     # friendly shapes) 6.4%, a multiple of 64 23%
@@ -499,8 +503,8 @@ def main(argv):
     # the run record
     if master:
         out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for p in ours:
+        if not resume:  # --overwrite: nothing of the old run may pass for the new one, its exported model neither
+            for p in ours + exported:
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         write_json_atomic(out / "run_config.json", {**cfg, "world_size": world, "global_batch": G, "total_iters": total,
                                                     "warmup_iters_resolved": warmup, "data": report,

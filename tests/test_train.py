@@ -381,3 +381,14 @@ def test_adamw_bf16_run_resumes_exactly(tmp_path, data_file):
     assert all(v.dtype == torch.bfloat16 for v in wa.values())
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(not torch.equal(wa[k], weights(STORIES)[k].bfloat16()) for k in wa)  # it moved
+
+
+def test_out_dir_holding_a_foreign_model_is_never_touched(tmp_path):
+    import shutil
+    foreign = tmp_path / "base"
+    shutil.copytree(STORIES, foreign)
+    before = {p.name: p.read_bytes() for p in foreign.iterdir()}
+    for extra in ([], ["--overwrite=True"]):
+        r = run_train(*TINY, f"--out_dir={foreign}", "--max_iters=1", *extra, check=False)
+        assert r.returncode == 1 and "holds a model that is not a nanoPLW run" in r.stderr
+    assert {p.name: p.read_bytes() for p in foreign.iterdir()} == before
