@@ -24,6 +24,9 @@ Modes (each prints ours, HF and the ratio ours/HF of the throughput; --json appe
             early. Ours: model.generate(lists of ids). HF: generate(do_sample=False) on the left-padded batch with
             its attention mask, eos_token_id=None: the way to batch prompts of different lengths there.
             new tokens/s; "same_tokens" is the fraction of rows whose tokens agree exactly.
+  prep      Alpaca data preparation with an empty cache (every run tokenizes) and prompt inversion, against
+            Stanford Alpaca's preprocessing (HF's slow LlamaTokenizer, string by string) on the same records.
+            records/s; "same_counts": both give the same token and prompt-token counts after truncation.
   mc        zero-shot multiple-choice scoring, eval/mc.py's evaluate(), against lm-evaluation-harness's HFLM
             (loglikelihood() on the same (context, continuation) requests, same batch size) with the HF copy of
             the model and HF's slow LLaMA tokenizer. documents/s; "max_abs_ll_diff" compares the two.
@@ -74,7 +77,7 @@ SHAPES = {
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5),
 }
-MODES = ("train", "generate", "mc")
+MODES = ("train", "generate", "mc", "prep")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # dense bf16 tensor-core peaks (FLOP/s) of the GPUs we know; MFU is left out elsewhere (and for fp32)
 # (first match in the device name wins: the PCIe H100 has fewer SMs and a lower clock than the SXM one)
@@ -541,7 +544,68 @@ def bench_mc(a, args, device, dtype, peak):
     return row
 
 
-BENCHES = {"train": bench_train, "generate": bench_generate, "mc": bench_mc}
+# -----------------------------------------------------------------------------
+# prep
+
+def bench_prep(a, args, device, dtype, peak):
+    """Alpaca data preparation from scratch (a fresh cache every run, so every run tokenizes) and prompt
+    inversion. The peer is Stanford Alpaca's own preprocessing, which the paper ran: HF's slow LlamaTokenizer
+    called string by string on the prompts and on prompt + output + EOS, truncated at 512."""
+    import shutil
+    import tempfile
+    from data.invert import invert_records
+    from data.prepare import format_prompt, load_records, prepare_dataset
+    src = Path(a.prep_data or SHARED / "data" / "alpaca" / "alpaca_data.json.gz")
+    tok_path = Path(a.tokenizer or SHARED / "data" / "tokenizer" / "llama" / "tokenizer.model")
+    if not tok_path.is_file():
+        raise BenchError(f"no such tokenizer: {tok_path} (set --tokenizer)")
+    records = load_records(src)[:a.prep_limit or None]
+    if a.prep_limit:  # a file of the first N records, so that both sides read the same data
+        tmp_src = Path(tempfile.mkdtemp()) / "records.json"
+        tmp_src.write_text(json.dumps(records))
+        src = tmp_src
+    work = Path(tempfile.mkdtemp())
+
+    def ours():
+        def run(i):
+            cache = work / f"cache{i}"
+            _, _, rep = prepare_dataset(str(src), str(tok_path), 512, cache_dir=cache, verbose=False)
+            shutil.rmtree(cache)
+            return [rep["tokens"], rep["prompt_tokens"]] if i == 0 else None
+        return run, 0
+
+    def hf():
+        import transformers
+        tok = transformers.LlamaTokenizer(vocab_file=str(tok_path), legacy=True)
+
+        def run(i):
+            sources = [format_prompt(r["instruction"], r["input"]) for r in records]
+            full = [tok(s + r["output"] + tok.eos_token, max_length=512, truncation=True).input_ids
+                    for s, r in zip(sources, records)]
+            prompt = [tok(s, max_length=512, truncation=True).input_ids for s in sources]
+            return [sum(map(len, full)), sum(min(len(p), len(f)) for p, f in zip(prompt, full))] if i == 0 else None
+        return run, 0
+
+    def inversion():
+        def run(i):
+            inverted, _ = invert_records(load_records(src))
+            (work / "inverted.json").write_text(json.dumps(inverted, indent=4))
+        return run, 0
+
+    sides = {"ours": ours} if a.no_hf else {"ours": ours, "hf": hf}
+    res = measure(sides, a.warmup, a.steps, device, "prep")
+    inv = measure({"ours": inversion}, a.warmup, a.steps, device, "invert")["ours"]
+    shutil.rmtree(work)
+    row = {"units": "records/s", "data": str(src), "records": len(records),
+           "invert": {"median_s": round(statistics.median(inv["times"]), 6), "records": len(records)}}
+    for side, r in res.items():
+        row[side] = summary(r, len(records))
+    if "hf" in res:  # tokens and prompt tokens after truncation: the two pipelines must agree exactly
+        row["same_counts"] = float(res["ours"]["first"] == res["hf"]["first"])
+    return row
+
+
+BENCHES = {"train": bench_train, "generate": bench_generate, "mc": bench_mc, "prep": bench_prep}
 
 
 # -----------------------------------------------------------------------------
@@ -560,7 +624,9 @@ def print_row(row):
             print(f"  {side:6} {r['median_s']:>10.4f} {r['per_s']:>24,.1f} {r['peak_mem_gb']:>9.3f} {mfu:>7}")
     if row.get("ratio"):
         print(f"  ours / HF: {row['ratio']:.2f}x")
-    for k in ("loss_diff", "same_tokens", "max_abs_ll_diff"):
+    if "invert" in row:
+        print(f"  invert {row['invert']['records']:,} records: {row['invert']['median_s']:.2f} s")
+    for k in ("loss_diff", "same_tokens", "max_abs_ll_diff", "same_counts"):
         if k in row:
             print(f"  {k}: {row[k]:.3g}")
 
@@ -598,6 +664,8 @@ def parse_args(argv):
     p.add_argument("--mc_batch_size", type=int, default=32, help="mc: documents per forward (both sides)")
     p.add_argument("--mc_data_dir", help="mc: HF-datasets layout directory (default ../shared/data/eval/hf)")
     p.add_argument("--tokenizer", help="mc: sentencepiece model (default ../shared LLaMA tokenizer)")
+    p.add_argument("--prep_data", help="prep: Alpaca-format file (default ../shared Stanford Alpaca, 52,002 records)")
+    p.add_argument("--prep_limit", type=int, default=0, help="prep: first N records only (0: all)")
     p.add_argument("--steps", type=int, default=10, help="timed repeats per side")
     p.add_argument("--warmup", type=int, default=2, help="untimed repeats per side first")
     p.add_argument("--threads", type=int, help="CPU threads (default torch's)")
