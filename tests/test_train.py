@@ -317,6 +317,11 @@ def test_out_dir_of_another_run_and_resume_checks(tmp_path, data_file):
     assert r.returncode == 1 and "global batch size: 16 -> 32" in r.stderr
     r = run_train(*args, "--resume=True", "--prompt_loss_weight=0.5", check=False)
     assert r.returncode == 1 and "prompt_loss_weight: 0.1 -> 0.5" in r.stderr
+    other = tmp_path / "other.json"  # the same name's content changed: caught by the data fingerprint
+    other.write_text(json.dumps(json.loads(data_file.read_text())[::-1]))
+    r = run_train(*args, "--resume=True", f"--dataset={other}", check=False)
+    assert r.returncode == 1 and f"dataset: '{data_file}' -> '{other}'" in r.stderr
+    assert "training data: fingerprint" in r.stderr
     run_train(*args, "--overwrite=True")
 
 
