@@ -518,9 +518,11 @@ def make_figures(result, out_dir):
 
         mech = [b for b, m in res["benchmarks"].items() if m["group"] == "mechanism"]
         if mech:
-            fig = Figure(figsize=(3.6 * len(mech), 3.6), layout="constrained")
+            cols = min(4, len(mech))  # a grid, so that many metrics stay readable
+            rows = -(-len(mech) // cols)
+            fig = Figure(figsize=(3.6 * cols, 3.4 * rows), layout="constrained")
             for i, b in enumerate(mech):
-                ax = fig.add_subplot(1, len(mech), i + 1)
+                ax = fig.add_subplot(rows, cols, i + 1)
                 pts = [(e["wp"], e["scores"][b]) for e in table if b in e["scores"]]
                 ax.plot(*zip(*pts), "o-", color="tab:green", ms=4)
                 ax.set_ylabel(b)
