@@ -208,12 +208,16 @@ def n_params(args):
         return Transformer(args).num_params()
 
 
-def build_ours(args, device, dtype, seed):
-    """Our model with HF's random initialisation, built directly on the device in the bench dtype."""
-    torch.manual_seed(seed)
+def build_ours(a, args, device, dtype, init):
+    """Our model with HF's random initialisation, built directly on the device in the bench dtype. Unless --no_hf,
+    a CPU copy of its initial weights goes to init["sd"], for the HF side to start from the same point."""
+    torch.manual_seed(a.seed)
     with torch.device(device), default_dtype(dtype):
         model = Transformer(args)
-    return model.to(dtype)  # the RoPE tables too, as from_pretrained(dtype=...) casts them
+    model.to(dtype)  # the RoPE tables too, as from_pretrained(dtype=...) casts them
+    if not a.no_hf:
+        init["sd"] = {hf_key(k): v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return model
 
 
 def build_hf(args, state_dict, device, dtype):
@@ -228,10 +232,6 @@ def build_hf(args, state_dict, device, dtype):
     if missing or unexpected:  # internal bug: our names and HF's must correspond one to one
         raise RuntimeError(f"HF state dict mismatch: missing {missing}, unexpected {unexpected}")
     return hf
-
-
-def cpu_state_dict(model):
-    return {hf_key(k): v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def make_optimizer(model, device, kind="adamw"):
@@ -365,10 +365,8 @@ def bench_train(a, args, device, dtype, peak):
     init = {}
 
     def ours():
-        model = build_ours(args, device, dtype, a.seed).train()
+        model = build_ours(a, args, device, dtype, init).train()
         model.activation_checkpointing = a.activation_checkpointing
-        if not a.no_hf:
-            init["sd"] = cpu_state_dict(model)
         opt = make_optimizer(model, device, a.optimizer)
         fwd = torch.compile(model) if a.compile else model
 
@@ -439,9 +437,7 @@ def bench_generate(a, args, device, dtype, peak):
     init = {}
 
     def ours():
-        model = build_ours(args, device, dtype, a.seed).eval()
-        if not a.no_hf:
-            init["sd"] = cpu_state_dict(model)
+        model = build_ours(a, args, device, dtype, init).eval()
 
         def run(i):
             out = model.generate(prompts, n_new)
@@ -505,9 +501,7 @@ def bench_mc(a, args, device, dtype, peak):
     init = {}
 
     def ours():
-        model = build_ours(args, device, dtype, a.seed).eval()
-        if not a.no_hf:
-            init["sd"] = cpu_state_dict(model)
+        model = build_ours(a, args, device, dtype, init).eval()
 
         def run(i):
             out = mc.evaluate(model, tokenizer, tasks, data_dir, limit=a.mc_limit, batch_size=a.mc_batch_size,

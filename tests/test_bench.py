@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -142,8 +143,10 @@ def test_train_step_gradients_equal_hf_loop(config):
     # backward) and the plain HF loop it times against must compute the same gradients
     import torch.nn.functional as F
     _, args = bench.load_shape(str(config))
-    ours = bench.build_ours(args, torch.device("cpu"), torch.float32, 0).train()
-    hf = bench.build_hf(args, bench.cpu_state_dict(ours), "cpu", torch.float32).train()
+    init = {}
+    ours = bench.build_ours(SimpleNamespace(seed=0, no_hf=False), args, torch.device("cpu"), torch.float32, init)
+    hf = bench.build_hf(args, init["sd"], "cpu", torch.float32).train()
+    ours.train()
     (b,) = bench.train_batches(1, 4, 1, 128, args.vocab_size, 0.1, torch.Generator().manual_seed(2))
     idx, targets, w = b["micro"][0]
     assert (targets < 0).any()  # there is padding to skip
