@@ -1,6 +1,6 @@
 # The small-scale PLW study in the README: stories260K (a real pre-trained 260K-parameter LLaMA) fine-tuned on
 # prompt-inverted Alpaca records (short completions, R_g 0.14) for 3 epochs at each PLW of the paper's grid.
-#   python sweep.py configs/study_stories.py        # about half an hour on 2 CPU cores
+#   python sweep.py configs/study_stories.py        # about 35 minutes on 2 CPU cores
 init_from = "tests/fixtures/stories260K"
 dataset = "data/samples/alpaca_2k_short.json"
 out_dir = "out/study"
