@@ -579,9 +579,12 @@ def main(argv):
     from tqdm import tqdm
     bar = tqdm(total=total, initial=start, disable=not master, desc="train", dynamic_ncols=True, file=sys.stderr)
     peak_flops = 989e12 if dev.startswith("cuda") else None  # H100/H200 SXM dense bf16
+    # useful FLOPs of a sequence of T targets: T * flops_per_token(T), which is linear in T: T * (f0 + f1 * T)
+    f0 = raw_model.flops_per_token(0)
+    f1 = raw_model.flops_per_token(1) - f0
     nan_at = int(os.environ.get("NANOPLW_FAULT_NAN_ITER", -1))  # fault injection, for the tests
     n_micro = gradient_accumulation_steps * world
-    t_last, tokens_since, padded_since = time.time(), 0, 0
+    t_last, tokens_since, padded_since, flops_since = time.time(), 0, 0, 0.0
     it = start
     while it < total:
         lr = get_lr(it, total, warmup)
@@ -632,7 +635,9 @@ def main(argv):
         it += 1
         bar.update(1)
         tokens_since += n_targets
-        padded_since += sum(len(mb) * int(lengths[mb].max() - 1) for mb in micro)
+        padded_since += sum(len(mb) * -(-int(lengths[mb].max() - 1) // pad_multiple) * pad_multiple for mb in micro)
+        T = (lengths[ids] - 1).astype(np.float64)                                                    # (G,) targets
+        flops_since += float(f0 * T.sum() + f1 * (T * T).sum())
 
         if it % log_interval == 0 or it == total:
             if distributed:
@@ -643,16 +648,15 @@ def main(argv):
                    "prompt_loss": s[1] / max(n_prompt, 1), "completion_loss": s[2] / max(n_targets - n_prompt, 1),
                    "lr": lr, "grad_norm": gnorm, "tokens": n_targets, "padding": round(1 - tokens_since / padded_since, 4),
                    "tokens_per_s": round(tokens_since / dt, 1)}
-            if peak_flops:  # attention FLOPs at the mean padded length of the window's sequences
-                mean_T = padded_since / (G * log_interval)
-                row["mfu"] = round(raw_model.flops_per_token(mean_T) * tokens_since / dt / (peak_flops * world), 4)
+            if peak_flops:  # useful FLOPs only: padding is not counted, as in bench.py
+                row["mfu"] = round(flops_since / dt / (peak_flops * world), 4)
             if val_data is not None and ((eval_interval and it % eval_interval == 0) or it == total):
                 row.update(evaluate())
             if master:
                 log_file.write(json.dumps(row) + "\n")
                 log_file.flush()
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
-            t_last, tokens_since, padded_since = time.time(), 0, 0
+            t_last, tokens_since, padded_since, flops_since = time.time(), 0, 0, 0.0
         if (checkpoint_interval and it % checkpoint_interval == 0 and it < total) or (stop_signal and it < total):
             path = checkpoint(it)
             if stop_signal:
