@@ -364,46 +364,37 @@ def bench_train(a, args, device, dtype, peak):
     batches = [dict(b, micro=[tuple(t.to(device) for t in m) for m in b["micro"]]) for b in batches]
     init = {}
 
-    def ours():
-        model = build_ours(a, args, device, dtype, init).train()
-        model.activation_checkpointing = a.activation_checkpointing
-        opt = make_optimizer(model, device, a.optimizer)
-        fwd = torch.compile(model) if a.compile else model
-
+    def train_step(per_token_ce, opt):
+        """The timed step, the same for both sides but for per_token_ce: (idx, targets) -> (B, T) CE."""
         def run(i):
             b = batches[i]
             total = 0.0
             for idx, targets, w in b["micro"]:
-                ce = fwd(idx, targets)                                     # (B, T) fp32
-                loss = (ce * w).sum() / b["wsum"]
+                loss = (per_token_ce(idx, targets) * w).sum() / b["wsum"]
                 loss.backward()
                 total += loss.detach()
             opt.step()
             opt.zero_grad(set_to_none=True)
             return float(total) if i == 0 else None
-        return run, param_bytes(model)
+        return run
+
+    def ours():
+        model = build_ours(a, args, device, dtype, init).train()
+        model.activation_checkpointing = a.activation_checkpointing
+        fwd = torch.compile(model) if a.compile else model
+        return train_step(fwd, make_optimizer(model, device, a.optimizer)), param_bytes(model)  # (B, T) fp32 CE
 
     def hf():
         model = build_hf(args, init.pop("sd"), device, dtype).train()
         if a.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        opt = make_optimizer(model, device, a.optimizer)
         fwd = torch.compile(model) if a.compile else model
 
-        def run(i):
-            b = batches[i]
-            total = 0.0
-            for idx, targets, w in b["micro"]:
-                logits = fwd(input_ids=idx, use_cache=False).logits              # (B, T, V)
-                ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1,
-                                     reduction="none").view_as(w)           # (B, T)
-                loss = (ce * w).sum() / b["wsum"]
-                loss.backward()
-                total += loss.detach()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return float(total) if i == 0 else None
-        return run, param_bytes(model)
+        def per_token_ce(idx, targets):  # the plain loop: fp32 logits for the whole micro-batch
+            logits = fwd(input_ids=idx, use_cache=False).logits                          # (B, T, V)
+            return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1,
+                                   reduction="none").view_as(targets)                    # (B, T)
+        return train_step(per_token_ce, make_optimizer(model, device, a.optimizer)), param_bytes(model)
 
     sides = {"ours": ours} if a.no_hf else {"ours": ours, "hf": hf}
     res = measure(sides, a.warmup, a.steps, device, "train")
