@@ -59,7 +59,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import ModelArgs, Transformer, atomic_write, hf_key
+from checkpoint import args_from_hf_config, hf_config, hf_key
+from model import ModelArgs, Transformer
+from util import atomic_write
 
 ROOT = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("NANOPLW_SHARED", ROOT.parent / "shared"))  # as tests/conftest.py finds it
@@ -179,7 +181,7 @@ def param_bytes(model):
 def load_shape(name):
     if name in SHAPES:
         cfg = dict(SHAPES[name], bos_token_id=1, eos_token_id=2, rope_theta=10000.0)
-        return name, ModelArgs.from_hf_config(cfg, source=f"shape {name}")
+        return name, args_from_hf_config(cfg, source=f"shape {name}")
     path = Path(name)
     if path.is_dir():
         path = path / "config.json"
@@ -190,7 +192,7 @@ def load_shape(name):
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise BenchError(f"{path} is not valid JSON: {e}") from None
-    return str(name), ModelArgs.from_hf_config(cfg, source=str(path))
+    return str(name), args_from_hf_config(cfg, source=str(path))
 
 
 @contextlib.contextmanager
@@ -224,7 +226,7 @@ def build_hf(args, state_dict, device, dtype):
     """transformers.LlamaForCausalLM with our weights (state_dict: HF keys, on the CPU)."""
     import transformers
     transformers.logging.set_verbosity_error()
-    cfg = {k: v for k, v in args.to_hf_config(dtype).items() if k not in ("architectures", "torch_dtype")}
+    cfg = {k: v for k, v in hf_config(args, dtype).items() if k not in ("architectures", "torch_dtype")}
     with torch.device(device), default_dtype(dtype):
         hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg, attn_implementation="sdpa"))
     hf.to(dtype)

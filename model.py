@@ -1,21 +1,17 @@
 """
-LLaMA 1, 2 and 3 in one readable file, loaded from and saved to HuggingFace's safetensors layout.
+LLaMA 1, 2 and 3 in one readable file: the network and generation, nothing else (checkpoint.py reads and writes
+HF checkpoints).
 
-    model = Transformer.from_pretrained("path/to/Llama-2-7b-hf", device="cuda", dtype=torch.bfloat16)
+    model = load_model("path/to/Llama-2-7b-hf", device="cuda", dtype=torch.bfloat16)   # from checkpoint.py
     logits = model(idx)                                   # (B, T, vocab)
     ce = model(idx, targets)                              # (B, T) per-token cross-entropy, fp32, never (B, T, vocab) fp32
     out = model.generate(prompts, max_new_tokens=64, eos_id=2)
-    model.save_pretrained("out/")                         # transformers.LlamaForCausalLM.from_pretrained("out/") works
 
 Module and parameter names follow HF's, without the "model." prefix, so a checkpoint key is one string
-operation away from ours (`hf_key`, `our_key`). The architecture numbers come from config.json only.
+operation away from ours. The architecture numbers come from config.json only.
 """
-import json
 import math
-import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -40,86 +36,6 @@ class ModelArgs:
     bos_id: int | None = 1
     eos_id: int | list | None = 2
     dropout: float = 0.0              # training only (attention and residual dropout); not saved in config.json
-
-    @classmethod
-    def from_hf_config(cls, cfg, source="config.json"):
-        """ModelArgs from an HF LlamaConfig dict; anything we would not compute exactly as HF does is refused."""
-        def bad(msg):
-            raise ValueError(f"{source}: {msg}")
-
-        archs = cfg.get("architectures") or ["LlamaForCausalLM"]
-        if cfg.get("model_type", "llama") != "llama" or archs != ["LlamaForCausalLM"]:
-            bad(f"unsupported architecture {cfg.get('model_type')!r} / {archs} (only model_type 'llama', LlamaForCausalLM)")
-        if cfg.get("hidden_act", "silu") != "silu":
-            bad(f"unsupported hidden_act {cfg['hidden_act']!r} (LLaMA uses 'silu')")
-        for key in ("attention_bias", "mlp_bias"):
-            if cfg.get(key, False):
-                bad(f"{key}=true is not supported (LLaMA has no biases)")
-        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
-            if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
-                bad(f"{key} must be a positive integer, got {cfg.get(key)!r}")
-        n_heads = cfg["num_attention_heads"]
-        n_kv_heads = cfg.get("num_key_value_heads") or n_heads
-        if n_heads % n_kv_heads:
-            bad(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}")
-        # transformers 4.x writes rope_theta + rope_scaling; 5.x writes rope_parameters (theta and scaling together)
-        rope = dict(cfg.get("rope_parameters") or {})
-        rope.update(cfg.get("rope_scaling") or {})
-        rope_theta = float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0)))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type == "default":
-            rope_scaling = None
-        elif rope_type in ("linear", "llama3"):
-            rope_scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "type")}
-            rope_scaling["rope_type"] = rope_type
-        else:
-            bad(f"unsupported rope type {rope_type!r} (supported: default, linear, llama3)")
-        return cls(
-            dim=cfg["hidden_size"],
-            n_layers=cfg["num_hidden_layers"],
-            n_heads=n_heads,
-            n_kv_heads=n_kv_heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
-            hidden_dim=cfg["intermediate_size"],
-            vocab_size=cfg["vocab_size"],
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=rope_theta,
-            rope_scaling=rope_scaling,
-            max_seq_len=cfg.get("max_position_embeddings", 2048),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            bos_id=cfg.get("bos_token_id"),
-            eos_id=cfg.get("eos_token_id"),
-        )
-
-    def to_hf_config(self, dtype=torch.float32):
-        """The config.json that makes transformers.LlamaForCausalLM build exactly this model."""
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": self.dim,
-            "intermediate_size": self.hidden_dim,
-            "num_hidden_layers": self.n_layers,
-            "num_attention_heads": self.n_heads,
-            "num_key_value_heads": self.n_kv_heads,
-            "head_dim": self.head_dim,
-            "vocab_size": self.vocab_size,
-            "max_position_embeddings": self.max_seq_len,
-            "rms_norm_eps": self.norm_eps,
-            "rope_theta": self.rope_theta,
-            "rope_scaling": self.rope_scaling,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "bos_token_id": self.bos_id,
-            "eos_token_id": self.eos_id,
-            "hidden_act": "silu",
-            "attention_bias": False,
-            "attention_dropout": 0.0,
-            "mlp_bias": False,
-            "initializer_range": 0.02,
-            "pretraining_tp": 1,
-            "use_cache": True,
-            "torch_dtype": str(dtype).removeprefix("torch."),
-        }
-
 
 # -----------------------------------------------------------------------------
 # building blocks
@@ -313,15 +229,6 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 # -----------------------------------------------------------------------------
 # the model
 
-def hf_key(name):
-    """our parameter name -> the HF checkpoint key"""
-    return name if name.startswith("lm_head.") else "model." + name
-
-
-def our_key(key):
-    return key if key.startswith("lm_head.") else key.removeprefix("model.")
-
-
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -336,7 +243,7 @@ class Transformer(nn.Module):
         # training: keep only each block's input and recompute its activations in the backward pass (about a third
         # more compute for a fraction of the activation memory; train.py's activation_checkpointing)
         self.activation_checkpointing = False
-        self.apply(self._init_weights)  # a no-op on the meta device, where from_pretrained builds the model
+        self.apply(self._init_weights)  # a no-op on the meta device, where load_model builds the model
 
     def _init_weights(self, module):
         # HF's LLaMA initialisation (initializer_range 0.02): for training from scratch and random-weight benchmarks
@@ -471,77 +378,6 @@ class Transformer(nn.Module):
             return [tokens[b, :int(end[b])].tolist() for b in range(B)]
         return tokens[:, :int(end.max())]
 
-    # -------------------------------------------------------------------------
-    # HF checkpoints
-
-    @classmethod
-    def from_pretrained(cls, path, device="cpu", dtype=None):
-        """Load an HF LLaMA directory (config.json + model.safetensors or a sharded model.safetensors.index.json).
-
-        The model is built on the meta device and each tensor is read from the memory-mapped file straight into
-        its final device and dtype, so a checkpoint needs about its own size in memory, not twice that.
-        dtype None keeps the dtype stored in the checkpoint.
-        """
-        from safetensors import safe_open, SafetensorError
-
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model directory not found: {path}")
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no config.json in {path}")
-        try:
-            cfg = json.loads((path / "config.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path / 'config.json'} is not valid JSON: {e}") from None
-        args = ModelArgs.from_hf_config(cfg, source=str(path / "config.json"))
-        files = checkpoint_files(path)
-
-        with torch.device("meta"):
-            model = cls(args)
-        expected = {hf_key(k): p.shape for k, p in model.named_parameters()}  # a tied head appears once
-        found = {}
-        for f in files:
-            try:
-                with safe_open(f, framework="pt") as sf:
-                    for k in sf.keys():
-                        if k in found:
-                            raise ValueError(f"tensor {k} appears in both {found[k][0].name} and {f.name}")
-                        found[k] = (f, tuple(sf.get_slice(k).get_shape()))
-            except (OSError, SafetensorError) as e:
-                raise ValueError(f"{f}: not a readable safetensors file ({e})") from None
-        ignored = {k for k in found if re.search(r"\.rotary_emb\.inv_freq$", k)}  # old checkpoints saved RoPE buffers
-        if args.tie_word_embeddings and "lm_head.weight" in found:
-            ignored.add("lm_head.weight")  # some tied checkpoints store the head too; HF ties it and ignores it
-        missing = sorted(set(expected) - set(found))
-        extra = sorted(set(found) - set(expected) - ignored)
-        if missing:
-            raise ValueError(f"{path}: missing tensor(s) {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
-        if extra:
-            raise ValueError(f"{path}: unexpected tensor(s) {', '.join(extra[:5])}" + (" ..." if len(extra) > 5 else ""))
-        for k, shape in expected.items():
-            if found[k][1] != tuple(shape):
-                raise ValueError(f"{path}: tensor {k} has shape {list(found[k][1])}, expected {list(shape)} from config.json")
-
-        for f in files:
-            with safe_open(f, framework="pt", device="cpu") as sf:
-                for k in sf.keys():
-                    if k in ignored:
-                        continue
-                    t = sf.get_tensor(k)
-                    t = t.to(device=device, dtype=dtype or t.dtype)
-                    mod, _, attr = our_key(k).rpartition(".")
-                    setattr(model.get_submodule(mod), attr, nn.Parameter(t))
-                    del t
-        if args.tie_word_embeddings:
-            model.lm_head.weight = model.embed_tokens.weight
-        model.reset_rope(device=device)
-        return model.eval()
-
-    def save_pretrained(self, path, dtype=None, max_shard_bytes=5 * 2 ** 30):
-        """Write config.json and model.safetensors (or shards + index above max_shard_bytes) in HF's layout."""
-        sd = {hf_key(k): v for k, v in self.state_dict().items()}
-        save_hf_checkpoint(sd, self.args, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
-
     def num_params(self, exclude_embedding=True):
         # the embedding lookup costs no FLOPs; a tied head is counted once, as the head
         n = sum(p.numel() for p in self.parameters())
@@ -571,77 +407,3 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
 
-def checkpoint_files(path):
-    path = Path(path)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{index} is not a valid safetensors index ({e})") from None
-        files = [path / name for name in dict.fromkeys(weight_map.values())]
-    elif (path / "model.safetensors").is_file():
-        files = [path / "model.safetensors"]
-    else:
-        bins = sorted(p.name for p in path.glob("pytorch_model*.bin"))
-        hint = f" (found {bins[0]}: convert it to safetensors first)" if bins else ""
-        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}{hint}")
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"checkpoint shard missing: {f}")
-    return files
-
-
-def atomic_write(path, write):
-    """write(tmp_path) then rename over path: a crash leaves the old file or the new one, never half of one, and
-    a failure leaves nothing behind. The file and then its directory are fsynced, so the rename survives a crash."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_hf_checkpoint(state_dict, args, path, dtype=None, max_shard_bytes=5 * 2 ** 30):
-    """state_dict with HF keys -> path/config.json + model.safetensors (or shards + index). Each file atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    if args.tie_word_embeddings:
-        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}  # stored once, as HF does
-    tensors = {k: v.detach().to(device="cpu", dtype=dtype or v.dtype).contiguous() for k, v in state_dict.items()}
-    dtype = dtype or next(iter(tensors.values())).dtype
-    shards, size = [[]], 0
-    for k, t in tensors.items():
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(k)
-        size += nbytes
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    for name, keys in zip(names, shards):
-        atomic_write(path / name, lambda tmp: save_file({k: tensors[k] for k in keys}, tmp, metadata={"format": "pt"}))
-    index = path / "model.safetensors.index.json"
-    if len(shards) > 1:
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
-        weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
-        atomic_write(index, lambda tmp: tmp.write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)))
-    # remove what an earlier save with a different sharding left behind, so the directory has one checkpoint
-    for old in list(path.glob("model*.safetensors")) + ([index] if len(shards) == 1 else []):
-        if old.name not in names and old.exists():
-            old.unlink()
-    atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(args.to_hf_config(dtype), indent=2) + "\n"))

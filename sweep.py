@@ -173,7 +173,7 @@ def main(argv):
     if args.dry_run:
         return
 
-    from model import atomic_write
+    from util import atomic_write
     rows = [r for plw in grid for r in score_rows(plw, sweep_dir / plw_name(plw), cfg["dataset"])]
     scores = sweep_dir / "scores.jsonl"
     atomic_write(scores, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows)))

@@ -289,7 +289,7 @@ def list_checkpoints(out):
 
 
 def save_checkpoint(out, it, model_sd, args, tokenizer_path, state, keep):
-    from model import save_hf_checkpoint
+    from checkpoint import save_hf_checkpoint
     final = Path(out) / f"ckpt-{it:06d}"
     tmp = Path(out) / f".ckpt-{it:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -333,7 +333,7 @@ def export_final(out, ckpt):
 
 
 def write_json_atomic(path, obj):
-    from model import atomic_write
+    from util import atomic_write
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
@@ -342,7 +342,9 @@ def write_json_atomic(path, obj):
 def main(argv):
     cfg = load_config(argv)
     globals().update(cfg)
-    from model import Transformer, ModelArgs, hf_key, atomic_write
+    from model import Transformer
+    from checkpoint import args_from_hf_config, hf_key, load_model
+    from util import atomic_write
     from tokenizer import Tokenizer
     from data.prepare import prepare_dataset
 
@@ -377,7 +379,7 @@ def main(argv):
         raise ConfigError(f"tokenizer not found: {tok_path} (set tokenizer= to a sentencepiece tokenizer.model)")
     try:
         tok = Tokenizer(tok_path)
-        base_args = ModelArgs.from_hf_config(json.loads((Path(init_from) / "config.json").read_text()),
+        base_args = args_from_hf_config(json.loads((Path(init_from) / "config.json").read_text()),
                                              source=str(Path(init_from) / "config.json"))
     except (json.JSONDecodeError, ValueError) as e:
         raise ConfigError(str(e)) from None
@@ -442,9 +444,9 @@ def main(argv):
         if fsdp:  # every rank builds on meta; rank 0 alone reads the checkpoint and broadcasts it below
             with torch.device("meta"):
                 model = Transformer(base_args)
-            full_sd = Transformer.from_pretrained(load_dir, dtype=wdtype).state_dict() if master else {}
+            full_sd = load_model(load_dir, dtype=wdtype).state_dict() if master else {}
         else:
-            model = Transformer.from_pretrained(load_dir, device=dev, dtype=wdtype)
+            model = load_model(load_dir, device=dev, dtype=wdtype)
     except (FileNotFoundError, ValueError) as e:  # a broken checkpoint is the user's to fix: say what is wrong
         raise ConfigError(str(e)) from None
     for m in model.modules():  # dropout is a training setting, not part of the checkpoint

@@ -74,7 +74,7 @@ def invert_file(src, dst, verbose=True):
         raise DataError(f"{src}: every record was skipped (empty outputs or instructions), nothing to write")
     data = json.dumps(out, indent=4).encode("utf-8")
     dst = Path(dst)
-    from model import atomic_write
+    from util import atomic_write
     payload = gzip.compress(data, compresslevel=9, mtime=0) if dst.suffix == ".gz" else data
     atomic_write(dst, lambda tmp: Path(tmp).write_bytes(payload))
     if verbose:

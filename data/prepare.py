@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python data/prepare.py` finds tokenizer.py, data/
+from util import DataError, atomic_write  # noqa: E402
 
 # the Stanford Alpaca template, byte for byte (stanford_alpaca/train.py PROMPT_DICT); eval code imports it from here
 PROMPT_INPUT = (
@@ -78,10 +79,6 @@ DATASETS = {
     "alpaca_cleaned_short": dict(path="alpaca_cleaned_short/alpaca_data_cleaned_short.json",
                                  inverted_from="alpaca_cleaned"),
 }
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file and, where there is one, the record index."""
 
 
 def format_prompt(instruction, input=""):
@@ -237,7 +234,6 @@ def download(url, dst, blob=None):
                     bar.update(len(chunk))
     new_dir = not dst.parent.exists()
     try:
-        from model import atomic_write  # the project's one atomic writer (imports torch: only when writing)
         atomic_write(dst, fetch)
     except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors; a malformed URL is a ValueError
         if new_dir:
@@ -343,7 +339,6 @@ def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337,
         from tokenizer import Tokenizer
         data = tokenize(load_records(src), Tokenizer(tok_file), progress=verbose)
         try:
-            from model import atomic_write
 
             def save(tmp):
                 with open(tmp, "wb") as f:  # a file object: given a name, np.savez would append ".npz" to it

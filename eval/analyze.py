@@ -485,7 +485,7 @@ def make_figures(result, out_dir):
 
     def save(fig, name):
         path = os.path.join(out_dir, name)
-        from model import atomic_write
+        from util import atomic_write
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
         written.append(path)
 
@@ -553,7 +553,7 @@ def run(args):
     print(json.dumps(result, indent=2) if args.json else md, end="\n" if args.json else "")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        from model import atomic_write  # imports torch: only when writing files
+        from util import atomic_write
         atomic_write(os.path.join(args.out, "table.md"), lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
         atomic_write(os.path.join(args.out, "fit.json"), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
         written = [os.path.join(args.out, n) for n in ("table.md", "fit.json")]

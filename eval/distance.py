@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from tqdm import tqdm
 
-from model import atomic_write, checkpoint_files, hf_key, our_key
+from checkpoint import checkpoint_files, hf_key, our_key
+from util import atomic_write
 
 GROUPS = ("embeddings", "attention", "mlp", "norms", "head", "other")
 CHUNK = 2 ** 22  # elements read and upcast at once: 32 MB per float64 buffer, a handful of buffers alive

@@ -28,7 +28,8 @@ import torch
 from tqdm import tqdm
 
 from data.prepare import DataError, format_prompt, read_json_list
-from model import Transformer, atomic_write
+from checkpoint import load_model
+from util import atomic_write
 from tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -37,7 +38,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # model and prompts
 
 
-def load_model(path, device=None, dtype=None, tokenizer=None):
+def load_model_and_tokenizer(path, device=None, dtype=None, tokenizer=None):
     """(model, tokenizer) from an HF LLaMA directory; device None = cuda when there is one, else cpu;
     dtype None = float32 on cpu, bfloat16 on cuda; tokenizer None = the directory's tokenizer.model."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,7 +53,7 @@ def load_model(path, device=None, dtype=None, tokenizer=None):
     if tokenizer is None and path.is_dir() and not (path / "tokenizer.model").is_file():
         raise FileNotFoundError(f"no tokenizer.model in {path} (pass --tokenizer)")
     tok = Tokenizer(tokenizer or path)
-    model = Transformer.from_pretrained(path, device=device, dtype=DTYPES[dtype])
+    model = load_model(path, device=device, dtype=DTYPES[dtype])
     if tok.vocab_size > model.args.vocab_size:
         raise ValueError(f"tokenizer {tok.path} has {tok.vocab_size} pieces but the model's vocabulary is "
                          f"{model.args.vocab_size}")
@@ -157,7 +158,7 @@ def main(argv=None):
         if args.temperature < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
             raise ValueError(f"--temperature {args.temperature} must be >= 0 and --top_p {args.top_p} in (0, 1]")
         records = load_prompts(args.prompts)
-        model, tok = load_model(args.model, args.device, args.dtype, args.tokenizer)
+        model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.tokenizer)
         generator = args.generator or Path(args.model).resolve().name
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # before the long part: a bad path fails at once
         out = complete(model, tok, prompt_ids(tok, records), args.max_new_tokens, args.batch_size,

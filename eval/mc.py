@@ -81,7 +81,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import Transformer, atomic_write
+from checkpoint import load_model
+from util import atomic_write
 from tokenizer import Tokenizer
 
 HARNESS_VERSION = "0.4.13"
@@ -587,7 +588,7 @@ def main(argv=None):
             Path(args.output).resolve().parent.mkdir(parents=True, exist_ok=True)
         dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
         tokenizer = Tokenizer(args.tokenizer or args.model)
-        model = Transformer.from_pretrained(args.model, device=args.device, dtype=dtype)
+        model = load_model(args.model, device=args.device, dtype=dtype)
         out = evaluate(model, tokenizer, tasks, args.data_dir, limit=args.limit, batch_size=args.batch_size,
                        batch_tokens=args.batch_tokens, max_length=args.max_length)
         out["config"]["model"] = str(args.model)

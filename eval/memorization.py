@@ -34,8 +34,8 @@ import torch
 
 from data.prepare import format_prompt, load_records
 from eval.bleu import bleu_stats
-from eval.generate import DTYPES, complete, load_model, prompt_ids
-from model import atomic_write
+from eval.generate import DTYPES, complete, load_model_and_tokenizer, prompt_ids
+from util import atomic_write
 
 
 def sample_indices(n_records, n, seed):
@@ -149,7 +149,7 @@ def main(argv=None):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
         records = load_records(args.data)
-        model, tok = load_model(args.model, args.device, args.dtype, args.tokenizer)
+        model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.tokenizer)
         if args.output:  # before the long part, so a bad path fails at once
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         res = memorization(model, tok, records, args.n, args.seed, args.max_new_tokens, args.batch_size,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from conftest import EVAL_HF, LLAMA_TOKENIZER, ROOT, STORIES, require
 from eval import mc
+from checkpoint import load_model, save_model
 from model import Transformer
 from tokenizer import Tokenizer
 
@@ -110,7 +111,7 @@ def tiny_llama(tmp_path_factory):
                                    rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
     model = transformers.LlamaForCausalLM(cfg).float()
     randomise(model)
-    model.save_pretrained(path)
+    save_model(model, path)
     hf_tok = transformers.LlamaTokenizer(vocab_file=str(LLAMA_TOKENIZER), legacy=True)
     hf_tok.save_pretrained(path)
     return path
@@ -143,7 +144,7 @@ def harness(tiny_llama, subset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ours(tiny_llama, subset):
-    model = Transformer.from_pretrained(tiny_llama, dtype=torch.float32)
+    model = load_model(tiny_llama, dtype=torch.float32)
     tok = Tokenizer(tiny_llama)
     return {name: mc.evaluate(model, tok, t, subset, limit=lim, max_length=ml, batch_size=8, batch_tokens=2048,
                               progress=False)
@@ -244,7 +245,7 @@ def reference_lls(model, pairs, max_length):
 def test_packed_rows_equal_separate_forwards(subset, max_length):
     """Shared prefix once, choices after it with restarted positions and a block mask, batched with padding and
     the head on scored positions only: the same numbers as one plain forward per choice."""
-    model = Transformer.from_pretrained(STORIES, dtype=torch.float32)
+    model = load_model(STORIES, dtype=torch.float32)
     tok = Tokenizer(STORIES)
     L = max_length or model.args.max_seq_len
     counts = {"winogrande": 2, "hellaswag": 2, "truthfulqa_mc2": 1, "boolq": 2, "openbookqa": 2, "mmlu": 3}
@@ -380,7 +381,7 @@ def test_cli_end_to_end(tmp_path, subset):
     assert p.returncode == 0, p.stderr
     assert "| arc_easy | 4 |" not in p.stdout and "| arc_easy | 2 |" in p.stdout and "| mmlu | 114 |" in p.stdout
     saved = json.loads(out.read_text())
-    model = Transformer.from_pretrained(STORIES, dtype=torch.float32)
+    model = load_model(STORIES, dtype=torch.float32)
     again = mc.evaluate(model, Tokenizer(STORIES), ["arc_easy", "boolq", "mmlu"], subset, limit=2, progress=False)
     for task in ("arc_easy", "boolq", "mmlu"):
         assert saved["results"][task]["n"] == again["results"][task]["n"]

@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 from conftest import ROOT, STORIES
 from data.prepare import format_prompt
 from eval.distance import weight_distance
-from eval.generate import complete, load_model, prompt_ids
+from eval.generate import complete, load_model_and_tokenizer, prompt_ids
 from eval.memorization import memorization, sample_indices, summarize
-from model import ModelArgs, Transformer, checkpoint_files
+from checkpoint import checkpoint_files, load_model, save_model
+from model import ModelArgs, Transformer
 
 RECORDS = [  # short Alpaca-format records, prompts of 55-110 tok512 tokens, with and without input
     {"instruction": "Tell a story about a cat.", "input": "", "output": "Once upon a time, there was a cat."},
@@ -45,7 +46,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def stories():
-    return load_model(STORIES, device="cpu")  # (model, tokenizer), float32
+    return load_model_and_tokenizer(STORIES, device="cpu")  # (model, tokenizer), float32
 
 
 def run_cli(script, *args):
@@ -215,17 +216,17 @@ def test_distance_zero_against_itself(tmp_path):
     assert res["tied_head"] and set(res["groups"]) == {"embeddings", "attention", "mlp", "norms"}
     for r in [res["overall"], *res["groups"].values(), *res["tensors"].values()]:
         assert r["l2"] == r["l1"] == r["l2_rel"] == r["l1_rel"] == 0.0
-    assert res["overall"]["numel"] == sum(p.numel() for p in Transformer.from_pretrained(STORIES).parameters())
+    assert res["overall"]["numel"] == sum(p.numel() for p in load_model(STORIES).parameters())
     # an in-memory model against its own checkpoint, and a sharded bfloat16 copy against a bfloat16 Transformer
-    model = Transformer.from_pretrained(STORIES)
+    model = load_model(STORIES)
     assert weight_distance(model, STORIES, progress=False)["overall"]["l1"] == 0.0
-    model.save_pretrained(tmp_path, dtype=torch.bfloat16, max_shard_bytes=50_000)
+    save_model(model, tmp_path, dtype=torch.bfloat16, max_shard_bytes=50_000)
     assert weight_distance(tmp_path, model.to(torch.bfloat16), progress=False)["overall"]["l1"] == 0.0
 
 
 def test_distance_matches_direct_computation(tmp_path):
     # stories260K (tied head) against a perturbed, sharded copy
-    perturbed(Transformer.from_pretrained(STORIES), seed=0).save_pretrained(tmp_path / "tied", max_shard_bytes=100_000)
+    save_model(perturbed(load_model(STORIES), seed=0), tmp_path / "tied", max_shard_bytes=100_000)
     assert len(checkpoint_files(tmp_path / "tied")) > 1
     res = weight_distance(tmp_path / "tied", STORIES, progress=False)
     assert res["tied_head"] and "head" not in res["groups"]
@@ -235,9 +236,9 @@ def test_distance_matches_direct_computation(tmp_path):
     torch.manual_seed(0)
     base = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, hidden_dim=48,
                                  vocab_size=64, max_seq_len=64))
-    base.save_pretrained(tmp_path / "base", dtype=torch.bfloat16)
-    base = Transformer.from_pretrained(tmp_path / "base", dtype=torch.float32)
-    perturbed(base, seed=1, scale=0.003).save_pretrained(tmp_path / "ft", max_shard_bytes=20_000)
+    save_model(base, tmp_path / "base", dtype=torch.bfloat16)
+    base = load_model(tmp_path / "base", dtype=torch.float32)
+    save_model(perturbed(base, seed=1, scale=0.003), tmp_path / "ft", max_shard_bytes=20_000)
     import eval.distance as distance
     old, distance.CHUNK = distance.CHUNK, 100
     try:
@@ -249,8 +250,8 @@ def test_distance_matches_direct_computation(tmp_path):
 
 
 def test_distance_refuses_different_tensor_sets(tmp_path):
-    args = Transformer.from_pretrained(STORIES).args
-    Transformer(ModelArgs(**{**vars(args), "n_layers": 4})).save_pretrained(tmp_path)
+    args = load_model(STORIES).args
+    save_model(Transformer(ModelArgs(**{**vars(args), "n_layers": 4})), tmp_path)
     with pytest.raises(ValueError, match=r"layers\.4\..* only in the base"):
         weight_distance(tmp_path, STORIES, progress=False)
 
@@ -260,8 +261,8 @@ def test_distance_refuses_different_tensor_sets(tmp_path):
 
 def test_cli_errors(tmp_path):
     data = write_json(tmp_path / "data.json", RECORDS)
-    args = Transformer.from_pretrained(STORIES).args
-    Transformer(ModelArgs(**{**vars(args), "n_kv_heads": 8})).save_pretrained(tmp_path / "mha")
+    args = load_model(STORIES).args
+    save_model(Transformer(ModelArgs(**{**vars(args), "n_kv_heads": 8})), tmp_path / "mha")
     out = tmp_path / "out.json"
     cases = [
         ("memorization.py", ["--model", tmp_path / "nope", "--data", data], "nope"),

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, STORIES
+import checkpoint
+from checkpoint import args_from_hf_config, hf_config, load_model, save_model
 from model import ModelArgs, Transformer, ChunkedCrossEntropy, sample
 
 transformers = pytest.importorskip("transformers")
@@ -48,7 +50,7 @@ def rel_err(a, b):
 def test_logits_match_transformers(tmp_path, name):
     hf = hf_model(**CONFIGS[name])
     hf.save_pretrained(tmp_path)
-    ours = Transformer.from_pretrained(tmp_path)
+    ours = load_model(tmp_path)
     idx = torch.randint(0, 300, (3, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = hf(idx).logits
@@ -66,8 +68,8 @@ def test_sharded_checkpoint_both_ways(tmp_path):
     hf = hf_model(**CONFIGS["gqa"])
     hf.save_pretrained(tmp_path / "hf", max_shard_size="100KB")
     assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
-    ours = Transformer.from_pretrained(tmp_path / "hf")
-    ours.save_pretrained(tmp_path / "ours", max_shard_bytes=100_000)
+    ours = load_model(tmp_path / "hf")
+    save_model(ours, tmp_path / "ours", max_shard_bytes=100_000)
     index = json.loads((tmp_path / "ours" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     assert not (tmp_path / "ours" / "model.safetensors").exists()
@@ -76,16 +78,16 @@ def test_sharded_checkpoint_both_ways(tmp_path):
     with torch.no_grad():
         assert torch.equal(back(idx).logits, hf(idx).logits)
     # re-saving unsharded over it leaves one consistent checkpoint
-    ours.save_pretrained(tmp_path / "ours")
+    save_model(ours, tmp_path / "ours")
     assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["config.json", "model.safetensors"]
-    assert rel_err(Transformer.from_pretrained(tmp_path / "ours")(idx), hf(idx).logits) < 1e-4
+    assert rel_err(load_model(tmp_path / "ours")(idx), hf(idx).logits) < 1e-4
 
 
 @pytest.mark.parametrize("name", ["tied", "llama3", "mha"])
 def test_save_pretrained_round_trip_is_exact(tmp_path, name):
     hf = hf_model(**CONFIGS[name])
     hf.save_pretrained(tmp_path / "hf")
-    Transformer.from_pretrained(tmp_path / "hf").save_pretrained(tmp_path / "ours")
+    save_model(load_model(tmp_path / "hf"), tmp_path / "ours")
     back = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ours", attn_implementation="eager").float().eval()
     sd, sd_back = hf.state_dict(), back.state_dict()
     assert sd.keys() == sd_back.keys()
@@ -101,9 +103,9 @@ def test_save_pretrained_round_trip_is_exact(tmp_path, name):
 def test_bf16_save_keeps_dtype(tmp_path):
     hf = hf_model(**CONFIGS["gqa"])
     hf.save_pretrained(tmp_path / "hf")
-    m = Transformer.from_pretrained(tmp_path / "hf", dtype=torch.bfloat16)
+    m = load_model(tmp_path / "hf", dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in m.parameters()) and m.rope_cos.dtype == torch.bfloat16
-    m.save_pretrained(tmp_path / "bf16")
+    save_model(m, tmp_path / "bf16")
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     back = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "bf16", torch_dtype=torch.bfloat16)
     for k, v in back.state_dict().items():
@@ -119,7 +121,7 @@ def hf_greedy(hf, prompt, n, eos=2):
 
 
 def test_stories260K_greedy_story_and_hf_parity():
-    ours = Transformer.from_pretrained(STORIES)
+    ours = load_model(STORIES)
     assert ours.args.n_kv_heads == 4 and ours.args.n_heads == 8 and ours.args.tie_word_embeddings
     from tokenizer import Tokenizer
     tok = Tokenizer(STORIES / "tokenizer.model")
@@ -138,7 +140,7 @@ def test_stories260K_greedy_story_and_hf_parity():
 def test_generate_random_model_matches_hf_and_tensor_api(tmp_path):
     hf = hf_model(**CONFIGS["llama3"])
     hf.save_pretrained(tmp_path)
-    ours = Transformer.from_pretrained(tmp_path)
+    ours = load_model(tmp_path)
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (5, 17, 9, 1)]
     for p, got in zip(prompts, ours.generate(prompts, 25, eos_id=[2, 7])):
@@ -221,24 +223,24 @@ def broken_copy(tmp_path, edit_tensors=None, edit_config=None):
 def test_broken_checkpoint_errors_name_the_problem(tmp_path, case, message):
     d = broken_copy(tmp_path, **case)
     with pytest.raises(ValueError) as e:
-        Transformer.from_pretrained(d)
+        load_model(d)
     assert message in str(e.value)
 
 
 def test_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="model directory not found"):
-        Transformer.from_pretrained(tmp_path / "nope")
+        load_model(tmp_path / "nope")
     d = broken_copy(tmp_path)
     (d / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-        Transformer.from_pretrained(d)
+        load_model(d)
     (d / "config.json").write_text("{not json")
     (d / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
-        Transformer.from_pretrained(d)
+        load_model(d)
     (d / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        Transformer.from_pretrained(d)
+        load_model(d)
 
 
 def test_load_needs_about_one_copy_of_memory(tmp_path):
@@ -246,12 +248,12 @@ def test_load_needs_about_one_copy_of_memory(tmp_path):
     args = ModelArgs(dim=1024, n_layers=4, n_heads=8, n_kv_heads=8, head_dim=128, hidden_dim=2816, vocab_size=8000,
                      max_seq_len=64)
     m = Transformer(args)
-    m.save_pretrained(tmp_path)
+    save_model(m, tmp_path)
     size = sum(p.numel() * 4 for p in m.parameters())
     del m
-    code = ("import resource, sys; sys.path.insert(0, sys.argv[2]); import torch, model;"
+    code = ("import resource, sys; sys.path.insert(0, sys.argv[2]); import torch, checkpoint;"
             "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-            "m = model.Transformer.from_pretrained(sys.argv[1]);"
+            "m = checkpoint.load_model(sys.argv[1]);"
             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) * 1024)")
     grown = int(subprocess.check_output([sys.executable, "-c", code, str(tmp_path), str(ROOT)]).split()[-1])
     assert size > 150e6 and grown < 1.3 * size, (grown, size)
@@ -268,12 +270,12 @@ def test_model_cross_entropy_paths_with_padding(tmp_path, eps):
     targets[0, 12:] = -1  # padding
     targets[2, 5:] = -1
     up = torch.rand(3, 20, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    ref_m = Transformer.from_pretrained(tmp_path).double().train()
+    ref_m = load_model(tmp_path).double().train()
     ref = F.cross_entropy(ref_m(idx).reshape(-1, 300), targets.reshape(-1), ignore_index=-1, reduction="none",
                           label_smoothing=eps).view(3, 20)
     (ref * up).sum().backward()
     for chunk in (7, 10_000):  # several chunks (recompute in backward) / one chunk (softmax kept)
-        m = Transformer.from_pretrained(tmp_path).train()
+        m = load_model(tmp_path).train()
         ce = m(idx, targets, label_smoothing=eps, ce_chunk=chunk)
         (ce * up.float()).sum().backward()
         assert (ce[targets < 0] == 0).all()
@@ -286,7 +288,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     # with dropout on: the recompute in backward must draw the same masks
     grads = []
     for ckpt in (False, True):
-        m = Transformer.from_pretrained(STORIES).train()
+        m = load_model(STORIES).train()
         for mod in m.modules():
             if hasattr(mod, "dropout"):
                 mod.dropout = 0.2

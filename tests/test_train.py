@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from conftest import ROOT, STORIES, ALPACA, require
 import train
 from data.prepare import load_records, tokenize, select, PROMPT, COMPLETION
+from checkpoint import load_model, save_model
 from model import Transformer
 from tokenizer import Tokenizer
 
@@ -63,7 +64,7 @@ def batch(records, plw, n=6):
 def test_plw_loss_equals_independent_computation(records, plw):
     transformers = pytest.importorskip("transformers")
     x, y, w, p = batch(records, plw)
-    ours = Transformer.from_pretrained(STORIES)
+    ours = load_model(STORIES)
     hf = transformers.LlamaForCausalLM.from_pretrained(STORIES).float().eval()
     full = torch.cat([x[:, :1], y.clamp(min=0)], 1)  # each row's whole sequence: inputs + the last target
     with torch.no_grad():
@@ -84,7 +85,7 @@ def test_plw_loss_equals_independent_computation(records, plw):
 
 def test_label_smoothing_inside_the_weighting(records):
     x, y, w, p = batch(records, 0.1)
-    m = Transformer.from_pretrained(STORIES)
+    m = load_model(STORIES)
     with torch.no_grad():
         ours = (m(x, y, label_smoothing=0.1) * w).sum() / w.sum()
         logits = m(x)
@@ -138,7 +139,7 @@ def reference_gradient(records, plw, ids, max_seq_len=256):
     collate), full logits, F.cross_entropy, prompt tokens counted as Stanford counted them."""
     from data.prepare import format_prompt
     tok = Tokenizer(STORIES / "tokenizer.model")
-    m = Transformer.from_pretrained(STORIES).train()
+    m = load_model(STORIES).train()
     num, den = 0.0, 0.0
     for i in ids:
         r = records[i]
@@ -156,7 +157,7 @@ def reference_gradient(records, plw, ids, max_seq_len=256):
 def split_gradient(data, ids, plw, batch_size, accum, normalise="global"):
     """the gradient as train.py forms it from its building blocks (normalise='micro' is a deliberately wrong
     variant: each micro-batch's own weighted mean, averaged, as a naive accumulation loop would do)"""
-    m = Transformer.from_pretrained(STORIES).train()
+    m = load_model(STORIES).train()
     n_targets, n_prompt = train.target_counts(data, ids)
     W = plw * n_prompt + (n_targets - n_prompt)
     for mb in train.split_micro_batches(ids, np.diff(data["offsets"]), batch_size, accum):
@@ -194,7 +195,7 @@ def test_update_is_the_same_for_any_split_of_the_global_batch(tmp_path, records,
     # the expected weights: the reference gradient, clipped to norm 1, through one torch AdamW step
     ids = train.step_examples(0, len(records), 8, 1337)
     ref_grad = reference_gradient(records, PLW, ids)
-    m = Transformer.from_pretrained(STORIES)
+    m = load_model(STORIES)
     norm = torch.nn.utils.get_total_norm(list(ref_grad.values())).item()
     opt = torch.optim.AdamW(m.parameters(), lr=2e-5, weight_decay=0.0)
     for k, p in m.named_parameters():
@@ -250,7 +251,7 @@ def test_output_loads_in_transformers_and_loss_falls(tmp_path, data_file):
     losses = [r["completion_loss"] for r in log_rows(out)]
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
     hf = transformers.LlamaForCausalLM.from_pretrained(out).float().eval()
-    ours = Transformer.from_pretrained(out)
+    ours = load_model(out)
     idx = torch.randint(0, 512, (2, 30))
     with torch.no_grad():
         assert ((hf(idx).logits - ours(idx)).abs().max() / ours(idx).abs().max()).item() < 1e-5
@@ -263,7 +264,7 @@ def test_nan_stops_with_a_loadable_checkpoint(tmp_path, data_file):
     assert r.returncode == 3 and "non-finite loss/gradient at iter 3" in r.stderr and "Traceback" not in r.stderr
     ckpt = train.list_checkpoints(out)[-1]
     assert ckpt.name == "ckpt-000002"
-    m = Transformer.from_pretrained(ckpt)
+    m = load_model(ckpt)
     assert all(torch.isfinite(p).all() for p in m.parameters())
     r = run_train(*TINY, f"--dataset={data_file}", "--max_iters=5", f"--out_dir={tmp_path / 'skip'}",
                   "--on_nonfinite=skip", env={"NANOPLW_FAULT_NAN_ITER": "2"})

@@ -1,0 +1,232 @@
+"""
+HF checkpoints: read and write LLaMA directories in transformers' layout (config.json + model.safetensors, or
+shards + model.safetensors.index.json), so that `transformers.LlamaForCausalLM.from_pretrained` loads what we save
+with identical logits, and we load what it saves.
+
+    model = load_model("path/to/Llama-2-7b-hf", device="cuda", dtype=torch.bfloat16)
+    save_model(model, "out/")
+
+Our parameter names are HF's without the "model." prefix (hf_key / our_key). Everything in a checkpoint is user
+input: a config we would not compute exactly as HF does, a missing or misshapen tensor, is refused in one line.
+"""
+import json
+import re
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open, SafetensorError
+from safetensors.torch import save_file
+
+from model import ModelArgs, Transformer
+from util import atomic_write
+
+
+def args_from_hf_config(cfg, source="config.json"):
+    """ModelArgs from an HF LlamaConfig dict; anything we would not compute exactly as HF does is refused."""
+    def bad(msg):
+        raise ValueError(f"{source}: {msg}")
+
+    archs = cfg.get("architectures") or ["LlamaForCausalLM"]
+    if cfg.get("model_type", "llama") != "llama" or archs != ["LlamaForCausalLM"]:
+        bad(f"unsupported architecture {cfg.get('model_type')!r} / {archs} (only model_type 'llama', LlamaForCausalLM)")
+    if cfg.get("hidden_act", "silu") != "silu":
+        bad(f"unsupported hidden_act {cfg['hidden_act']!r} (LLaMA uses 'silu')")
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key, False):
+            bad(f"{key}=true is not supported (LLaMA has no biases)")
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
+            bad(f"{key} must be a positive integer, got {cfg.get(key)!r}")
+    n_heads = cfg["num_attention_heads"]
+    n_kv_heads = cfg.get("num_key_value_heads") or n_heads
+    if n_heads % n_kv_heads:
+        bad(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}")
+    # transformers 4.x writes rope_theta + rope_scaling; 5.x writes rope_parameters (theta and scaling together)
+    rope = dict(cfg.get("rope_parameters") or {})
+    rope.update(cfg.get("rope_scaling") or {})
+    rope_theta = float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0)))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type == "default":
+        rope_scaling = None
+    elif rope_type in ("linear", "llama3"):
+        rope_scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "type")}
+        rope_scaling["rope_type"] = rope_type
+    else:
+        bad(f"unsupported rope type {rope_type!r} (supported: default, linear, llama3)")
+    return ModelArgs(
+        dim=cfg["hidden_size"],
+        n_layers=cfg["num_hidden_layers"],
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
+        hidden_dim=cfg["intermediate_size"],
+        vocab_size=cfg["vocab_size"],
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        max_seq_len=cfg.get("max_position_embeddings", 2048),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        bos_id=cfg.get("bos_token_id"),
+        eos_id=cfg.get("eos_token_id"),
+    )
+
+
+def hf_config(args, dtype=torch.float32):
+    """The config.json that makes transformers.LlamaForCausalLM build exactly this model."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": args.dim,
+        "intermediate_size": args.hidden_dim,
+        "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads,
+        "head_dim": args.head_dim,
+        "vocab_size": args.vocab_size,
+        "max_position_embeddings": args.max_seq_len,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "rope_scaling": args.rope_scaling,
+        "tie_word_embeddings": args.tie_word_embeddings,
+        "bos_token_id": args.bos_id,
+        "eos_token_id": args.eos_id,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "use_cache": True,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def hf_key(name):
+    """our parameter name -> the HF checkpoint key"""
+    return name if name.startswith("lm_head.") else "model." + name
+
+
+def our_key(key):
+    return key if key.startswith("lm_head.") else key.removeprefix("model.")
+
+
+def load_model(path, device="cpu", dtype=None):
+    """Load an HF LLaMA directory (config.json + model.safetensors or a sharded model.safetensors.index.json).
+
+    The model is built on the meta device and each tensor is read from the memory-mapped file straight into
+    its final device and dtype, so a checkpoint needs about its own size in memory, not twice that.
+    dtype None keeps the dtype stored in the checkpoint.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory not found: {path}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {path}")
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path / 'config.json'} is not valid JSON: {e}") from None
+    args = args_from_hf_config(cfg, source=str(path / "config.json"))
+    files = checkpoint_files(path)
+
+    with torch.device("meta"):
+        model = Transformer(args)
+    expected = {hf_key(k): p.shape for k, p in model.named_parameters()}  # a tied head appears once
+    found = {}
+    for f in files:
+        try:
+            with safe_open(f, framework="pt") as sf:
+                for k in sf.keys():
+                    if k in found:
+                        raise ValueError(f"tensor {k} appears in both {found[k][0].name} and {f.name}")
+                    found[k] = (f, tuple(sf.get_slice(k).get_shape()))
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"{f}: not a readable safetensors file ({e})") from None
+    ignored = {k for k in found if re.search(r"\.rotary_emb\.inv_freq$", k)}  # old checkpoints saved RoPE buffers
+    if args.tie_word_embeddings and "lm_head.weight" in found:
+        ignored.add("lm_head.weight")  # some tied checkpoints store the head too; HF ties it and ignores it
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected) - ignored)
+    if missing:
+        raise ValueError(f"{path}: missing tensor(s) {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    if extra:
+        raise ValueError(f"{path}: unexpected tensor(s) {', '.join(extra[:5])}" + (" ..." if len(extra) > 5 else ""))
+    for k, shape in expected.items():
+        if found[k][1] != tuple(shape):
+            raise ValueError(f"{path}: tensor {k} has shape {list(found[k][1])}, expected {list(shape)} from config.json")
+
+    for f in files:
+        with safe_open(f, framework="pt", device="cpu") as sf:
+            for k in sf.keys():
+                if k in ignored:
+                    continue
+                t = sf.get_tensor(k)
+                t = t.to(device=device, dtype=dtype or t.dtype)
+                mod, _, attr = our_key(k).rpartition(".")
+                setattr(model.get_submodule(mod), attr, nn.Parameter(t))
+                del t
+    if args.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.reset_rope(device=device)
+    return model.eval()
+
+
+def save_model(model, path, dtype=None, max_shard_bytes=5 * 2 ** 30):
+    """Write config.json and model.safetensors (or shards + index above max_shard_bytes) in HF's layout."""
+    sd = {hf_key(k): v for k, v in model.state_dict().items()}
+    save_hf_checkpoint(sd, model.args, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+
+def checkpoint_files(path):
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{index} is not a valid safetensors index ({e})") from None
+        files = [path / name for name in dict.fromkeys(weight_map.values())]
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        bins = sorted(p.name for p in path.glob("pytorch_model*.bin"))
+        hint = f" (found {bins[0]}: convert it to safetensors first)" if bins else ""
+        raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}{hint}")
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"checkpoint shard missing: {f}")
+    return files
+
+
+def save_hf_checkpoint(state_dict, args, path, dtype=None, max_shard_bytes=5 * 2 ** 30):
+    """state_dict with HF keys -> path/config.json + model.safetensors (or shards + index). Each file atomically."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if args.tie_word_embeddings:
+        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}  # stored once, as HF does
+    tensors = {k: v.detach().to(device="cpu", dtype=dtype or v.dtype).contiguous() for k, v in state_dict.items()}
+    dtype = dtype or next(iter(tensors.values())).dtype
+    shards, size = [[]], 0
+    for k, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(k)
+        size += nbytes
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    for name, keys in zip(names, shards):
+        atomic_write(path / name, lambda tmp: save_file({k: tensors[k] for k in keys}, tmp, metadata={"format": "pt"}))
+    index = path / "model.safetensors.index.json"
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
+        atomic_write(index, lambda tmp: tmp.write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)))
+    # remove what an earlier save with a different sharding left behind, so the directory has one checkpoint
+    for old in list(path.glob("model*.safetensors")) + ([index] if len(shards) == 1 else []):
+        if old.name not in names and old.exists():
+            old.unlink()
+    atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config(args, dtype), indent=2) + "\n"))
