@@ -240,7 +240,7 @@ def make_optimizer(model, device, kind="adamw"):
     # the same optimizer for both sides: torch's AdamW (fused on CUDA, foreach elsewhere), or train.py's
     # AdamWBF16 (bf16 weights and state, stochastic rounding: the plan for 7B on one 80 GB GPU)
     if kind == "adamw_bf16":
-        from train import AdamWBF16
+        from optim import AdamWBF16
         return AdamWBF16(model.parameters(), lr=2e-5, betas=(0.9, 0.95), weight_decay=0.0)
     fast = dict(fused=True) if device.type == "cuda" else dict(foreach=True)
     return torch.optim.AdamW(model.parameters(), lr=2e-5, betas=(0.9, 0.95), weight_decay=0.0, **fast)

@@ -10,7 +10,9 @@ Our parameter names are HF's without the "model." prefix (hf_key / our_key). Eve
 input: a config we would not compute exactly as HF does, a missing or misshapen tensor, is refused in one line.
 """
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ from safetensors import safe_open, SafetensorError
 from safetensors.torch import save_file
 
 from model import ModelArgs, Transformer
-from util import atomic_write
+from util import DataError, atomic_write, fsync_dir
 
 
 def args_from_hf_config(cfg, source="config.json"):
@@ -230,3 +232,108 @@ def save_hf_checkpoint(state_dict, args, path, dtype=None, max_shard_bytes=5 * 2
         if old.name not in names and old.exists():
             old.unlink()
     atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config(args, dtype), indent=2) + "\n"))
+
+
+# -----------------------------------------------------------------------------
+# training checkpoints: out_dir/ckpt-NNNNNN/ is an HF model directory plus train_state.pt, written as a hidden temp
+# directory and renamed into place, so a crash at any moment leaves the previous checkpoint whole
+
+def list_checkpoints(out):
+    return sorted(p for p in Path(out).glob("ckpt-[0-9]*") if p.is_dir() and (p / "train_state.pt").is_file())
+
+
+def write_train_state(state, path):
+    torch.save(state, path)
+
+
+def save_checkpoint(out, it, model_sd, args, tokenizer_path, state, keep):
+    final, tmp = Path(out) / f"ckpt-{it:06d}", Path(out) / f".ckpt-{it:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_hf_checkpoint(model_sd, args, tmp)
+    shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+    write_train_state(state, tmp / "train_state.pt")
+    for f in tmp.iterdir():  # model files were fsynced by save_hf_checkpoint; these two were not
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    fsync_dir(tmp)
+    if final.exists():  # re-saving the same step (e.g. after a resume): replace it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fsync_dir(out)
+    for old in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def export_final(out, ckpt):
+    """out_dir itself becomes an HF model directory: hard links to the final checkpoint's files, each replaced
+    atomically (a copy where the filesystem has no hard links). config.json comes last, so its presence in out_dir
+    means the export is complete (sweep.py relies on that)."""
+    (Path(out) / "config.json").unlink(missing_ok=True)
+    for f in sorted((f for f in ckpt.iterdir() if f.name != "train_state.pt"), key=lambda f: f.name == "config.json"):
+        tmp = Path(out) / f".{f.name}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(f, tmp)
+        except OSError:
+            shutil.copyfile(f, tmp)
+        os.replace(tmp, Path(out) / f.name)
+    for stale in Path(out).glob("model*.safetensors*"):  # shards of an earlier export with another sharding
+        if not (ckpt / stale.name).exists():
+            stale.unlink()
+    fsync_dir(out)
+
+
+def claim_run_dir(c):
+    """Refuse an out_dir that cannot hold this run, before any long work: not a directory, not writable, another
+    run (unless resume/overwrite), or a model that is not a nanoPLW run (never touched). Returns its checkpoints."""
+    out = Path(c["out_dir"])
+    if out.exists() and not out.is_dir():
+        raise DataError(f"out_dir {out} exists and is not a directory")
+    created = [p for p in [out, *out.parents] if not p.exists()]  # deepest first: removed again after the probe
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".probe{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"out_dir {out} is not writable: {e.strerror or e}") from None
+    finally:
+        for p in created:
+            if p.is_dir():
+                p.rmdir()  # empty: only the probe was ever in it
+    ckpts = list_checkpoints(out) if out.is_dir() else []
+    ours = [out / "run_config.json", out / "log.jsonl"] + ckpts
+    found = [p.name for p in [out / "config.json", out / "tokenizer.model", *out.glob("model*.safetensors*")]
+             if p.exists()]
+    if found and not (out / "run_config.json").exists():  # e.g. out_dir = the base model: never touch it
+        raise DataError(f"{out} holds a model that is not a nanoPLW run ({', '.join(found)}): choose another out_dir")
+    if c["resume"] and not ckpts:
+        raise DataError(f"--resume=True but {out} holds no checkpoint to resume from")
+    if not c["resume"] and any(p.exists() for p in ours) and not c["overwrite"]:
+        raise DataError(f"{out} already holds a run: pass --resume=True to continue it or --overwrite=True to "
+                          f"start over in it")
+    return ckpts
+
+
+def clear_run_dir(out):
+    """--overwrite: nothing of the old run may pass for the new one, its exported model neither"""
+    for p in [out / "run_config.json", out / "log.jsonl", *list_checkpoints(out), out / "config.json",
+              out / "tokenizer.model", *out.glob("model*.safetensors*")]:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def open_log(out, start, resume):
+    """log.jsonl for appending; on resume, cut to what was logged up to the checkpoint (a kill mid-append can leave
+    a torn last line)"""
+    log_path = Path(out) / "log.jsonl"
+    if resume and log_path.exists():
+        def logged_before(line):
+            try:
+                return json.loads(line)["iter"] <= start
+            except (json.JSONDecodeError, KeyError, TypeError):
+                return False
+        keep = [l for l in log_path.read_text().splitlines() if logged_before(l)]
+        atomic_write(log_path, lambda tmp: Path(tmp).write_text("".join(l + "\n" for l in keep)))
+    return open(log_path, "a")

@@ -47,7 +47,7 @@ MC_METRIC = {"arc_challenge": "acc_norm", "arc_easy": "acc_norm", "hellaswag": "
              "boolq": "acc", "mmlu": "acc"}
 
 
-class SweepError(RuntimeError):
+class SweepError(ValueError):
     pass
 
 
@@ -135,10 +135,9 @@ def main(argv):
         raise SweepError(f"unexpected argument {bad[0]!r}: train.py overrides are --key=value")
 
     import train
-    try:
-        cfg = train.load_config(args.configs + overrides)
-    except train.ConfigError as e:
-        raise SweepError(str(e)) from None
+    from config import load_config
+    cfg = load_config(train.DEFAULTS, args.configs + overrides, ignore=("sweep_",))
+    train.check_config(cfg)
     s = {k: d for k, (d, _) in SETTINGS.items()}
     s.update(read_sweep_settings(args.configs))
     s.update({k: v for k, v in vars(args).items() if k in SETTINGS and v is not None})
@@ -184,9 +183,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from data.prepare import DataError
-    try:
-        main(sys.argv[1:])
-    except (SweepError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    from util import cli
+    cli(main, "sweep.py")

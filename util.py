@@ -8,8 +8,11 @@ wrapper that turns an entry point's errors into one line and an exit code.
 """
 import json
 import os
+import signal
 import sys
 from pathlib import Path
+
+STOP = []  # the stop signals (SIGINT, SIGTERM) received so far, oldest first
 
 
 class DataError(ValueError):
@@ -64,14 +67,33 @@ def check_writable(path):
         raise DataError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def catch_stop_signals(interrupt=True):
+    """Record SIGINT/SIGTERM in STOP. interrupt=True also raises KeyboardInterrupt at once, so set-up work stops
+    promptly; interrupt=False lets the caller finish what it is doing (a training step) and then look at STOP."""
+    def handler(signum, frame):
+        STOP.append(signum)
+        if interrupt:
+            raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def check_stop():
+    """KeyboardInterrupt if a stop signal has arrived: C code such as sentencepiece's batch encode can swallow the
+    exception the handler raised, but not the record of the signal. Long loops call this between chunks."""
+    if STOP:
+        raise KeyboardInterrupt
+
+
 def cli(main, name, argv=None):
     """Run main(argv) -> exit code. Bad input (ValueError, OSError) becomes one line `name: error: ...`, exit 1;
-    Ctrl-C one line and exit 130 (what a shell reports for SIGINT). No traceback either way."""
+    Ctrl-C (or SIGTERM) one line and exit 128 + the signal (130 for Ctrl-C, as a shell reports it). No traceback."""
     try:
         code = main(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
-        code = 130
+        sig = STOP[0] if STOP else signal.SIGINT
+        print(f"{name}: interrupted by {signal.Signals(sig).name}; nothing half-written is left", file=sys.stderr)
+        code = 128 + sig
     except (ValueError, OSError) as e:
         print(f"{name}: error: {' '.join(str(e).split())}", file=sys.stderr)
         code = 1

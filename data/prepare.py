@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python data/prepare.py` finds tokenizer.py, data/
-from util import DataError, atomic_write  # noqa: E402
+from util import DataError, atomic_write, check_stop  # noqa: E402
 
 # the Stanford Alpaca template, byte for byte (stanford_alpaca/train.py PROMPT_DICT); eval code imports it from here
 PROMPT_INPUT = (
@@ -63,7 +63,7 @@ FIELDS = ("instruction", "input", "output")
 FORMAT_VERSION = 1  # bump when the cached arrays change meaning: old cache files are then simply not found
 
 DATA_DIR = Path(__file__).resolve().parent  # known datasets are saved under <repo>/data/<name>/
-CACHE_DIR = DATA_DIR / "cache"
+CACHE_DIR = Path(os.environ.get("NANOPLW_CACHE_DIR") or DATA_DIR / "cache")  # the tests point it at a temp dir
 # known dataset names -> where they live. Downloads are pinned to a commit; `blob` is the git blob id (SHA-1) the
 # file must have there (a mismatch warns: the file still loads). `*_short` are the prompt-inverted sets (invert.py).
 DATASETS = {
@@ -181,13 +181,15 @@ def tokenize(records, tokenizer, progress=False):
 
     prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
     fulls = [p + r["output"] for p, r in zip(prompts, records)]
-    # sentencepiece encodes a list on all cores; chunks only feed the progress bar
+    # sentencepiece encodes a list on all cores; chunks feed the progress bar and let Ctrl-C stop it (its batch
+    # encode swallows the KeyboardInterrupt; check_stop sees the signal's record)
     p_ids, f_ids, chunk = [], [], 4096
     with tqdm(total=len(records), desc="tokenize", unit="ex", disable=not progress, leave=False) as bar:
         for i in range(0, len(records), chunk):
             p_ids += tokenizer.encode_batch(prompts[i:i + chunk])
             f_ids += tokenizer.encode_batch(fulls[i:i + chunk])
             bar.update(len(prompts[i:i + chunk]))
+            check_stop()
     n = len(records)
     p_len = np.fromiter(map(len, p_ids), np.int64, n)
     f_len = np.fromiter(map(len, f_ids), np.int64, n)

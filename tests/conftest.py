@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ EVAL_HF = SHARED / "data" / "eval" / "hf"
 STORIES = ROOT / "tests" / "fixtures" / "stories260K"  # committed copy of ../shared/models/stories260K
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# tokenized-data caches of the tests (and of the scripts they run) go to a temp dir, not the checkout's data/cache
+os.environ.setdefault("NANOPLW_CACHE_DIR", tempfile.mkdtemp(prefix="nanoplw-cache-"))
 
 
 def require(path):

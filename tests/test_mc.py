@@ -111,7 +111,7 @@ def tiny_llama(tmp_path_factory):
                                    rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
     model = transformers.LlamaForCausalLM(cfg).float()
     randomise(model)
-    save_model(model, path)
+    model.save_pretrained(path)
     hf_tok = transformers.LlamaTokenizer(vocab_file=str(LLAMA_TOKENIZER), legacy=True)
     hf_tok.save_pretrained(path)
     return path

@@ -115,7 +115,8 @@ ARGS = ["configs/tiny_stories.py", "--max_seq_len=256", "--learning_rate=1e-2", 
 def launch(out, data, env=None):
     resume = bool(train.list_checkpoints(out))
     args = ARGS + [f"--dataset={data}", f"--out_dir={out}", "--resume=True" if resume else "--overwrite=True"]
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+    script = "tests/fault_train.py" if env else "train.py"  # the fault-injection seam
+    return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
 
 

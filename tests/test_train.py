@@ -13,12 +13,16 @@ import torch.nn.functional as F
 
 from conftest import ROOT, STORIES, ALPACA, require
 import train
+from data.batch import collate, split_micro_batches, step_examples, target_counts
 from data.prepare import load_records, tokenize, select, PROMPT, COMPLETION
+from optim import AdamWBF16, stochastic_round_bf16
 from checkpoint import load_model, save_model
 from model import Transformer
 from tokenizer import Tokenizer
+from config import ConfigError, load_config
 
 SAMPLE = ROOT / "data" / "samples" / "alpaca_2k.json"
+FAULTS = "tests/fault_train.py"  # train.py with injected faults (a NaN loss, a kill mid-checkpoint)
 TINY = ["configs/tiny_stories.py", "--max_seq_len=256", "--learning_rate=1e-2", "--warmup_iters=0"]
 
 
@@ -36,7 +40,8 @@ def data_file(tmp_path_factory, records):
 
 def run_train(*args, env=None, torchrun=0, check=True):
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun
-           else [sys.executable]) + ["train.py", *map(str, args)]
+           else [sys.executable]) + [FAULTS if any(k.startswith("NANOPLW_FAULT") for k in env or {}) else "train.py",
+                                     *map(str, args)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
@@ -57,7 +62,7 @@ def log_rows(path):
 def batch(records, plw, n=6):
     tok = Tokenizer(STORIES / "tokenizer.model")
     data, _, _ = select(tokenize(records[:n], tok), np.arange(n), max_seq_len=200)
-    return train.collate(data, np.arange(n), plw)
+    return collate(data, np.arange(n), plw)
 
 
 @pytest.mark.parametrize("plw", [0.0, 1.0, 0.1])
@@ -101,32 +106,32 @@ def test_collate_roles_weights_and_targets():
             "roles": np.array([PROMPT, PROMPT, PROMPT, COMPLETION, COMPLETION, COMPLETION, PROMPT, PROMPT, COMPLETION,
                                COMPLETION], dtype=np.uint8),
             "offsets": np.array([0, 6, 10])}
-    x, y, w, p = train.collate(data, np.array([0, 1]), 0.25)
+    x, y, w, p = collate(data, np.array([0, 1]), 0.25)
     assert x.tolist() == [[1, 10, 11, 20, 21], [1, 12, 22, 0, 0]]
     assert y.tolist() == [[10, 11, 20, 21, 2], [12, 22, 2, -1, -1]]  # BOS is never a target, EOS always is
     assert w.tolist() == [[0.25, 0.25, 1, 1, 1], [0.25, 1, 1, 0, 0]]
-    assert train.target_counts(data, np.array([0, 1])) == (8, 3)
+    assert target_counts(data, np.array([0, 1])) == (8, 3)
 
 
 def test_step_order_depends_only_on_seed_and_global_batch():
-    a = [train.step_examples(it, 100, 16, 7) for it in range(12)]
+    a = [step_examples(it, 100, 16, 7) for it in range(12)]
     assert all(len(s) == 16 for s in a)
     assert len(set(np.concatenate(a[:6]).tolist())) == 96  # an epoch never repeats an example (6 steps x 16)
     assert not np.array_equal(a[0], a[6])  # each epoch is reshuffled
-    assert all(np.array_equal(s, train.step_examples(it, 100, 16, 7)) for it, s in enumerate(a))
+    assert all(np.array_equal(s, step_examples(it, 100, 16, 7)) for it, s in enumerate(a))
     lengths = np.random.default_rng(0).integers(5, 50, 100)
-    micro = train.split_micro_batches(a[0], lengths, 4, 4)
+    micro = split_micro_batches(a[0], lengths, 4, 4)
     assert sorted(np.concatenate(micro).tolist()) == sorted(a[0].tolist())
     assert [lengths[m].max() for m in micro] == sorted([lengths[m].max() for m in micro], reverse=True)
 
 
 def test_lr_schedule():
-    train.learning_rate, train.min_lr, train.decay_lr = 1.0, 0.1, True
-    lrs = [train.get_lr(it, 100, 10) for it in range(100)]
+    c = {"learning_rate": 1.0, "min_lr": 0.1, "decay_lr": True}
+    lrs = [train.get_lr(it, 100, 10, c) for it in range(100)]
     assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11) and lrs[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
-    train.decay_lr = False
-    assert train.get_lr(50, 100, 10) == 1.0
+    c["decay_lr"] = False
+    assert train.get_lr(50, 100, 10, c) == 1.0
 
 
 # ------------------------------------------------------------------------------------------------ one update
@@ -158,10 +163,10 @@ def split_gradient(data, ids, plw, batch_size, accum, normalise="global"):
     """the gradient as train.py forms it from its building blocks (normalise='micro' is a deliberately wrong
     variant: each micro-batch's own weighted mean, averaged, as a naive accumulation loop would do)"""
     m = load_model(STORIES).train()
-    n_targets, n_prompt = train.target_counts(data, ids)
+    n_targets, n_prompt = target_counts(data, ids)
     W = plw * n_prompt + (n_targets - n_prompt)
-    for mb in train.split_micro_batches(ids, np.diff(data["offsets"]), batch_size, accum):
-        x, y, w, p = train.collate(data, mb, plw)
+    for mb in split_micro_batches(ids, np.diff(data["offsets"]), batch_size, accum):
+        x, y, w, p = collate(data, mb, plw)
         ce = m(x, y)
         ((ce * w).sum() / (W if normalise == "global" else w.sum() * accum)).backward()
     return {k: p.grad for k, p in m.named_parameters()}
@@ -170,7 +175,7 @@ def split_gradient(data, ids, plw, batch_size, accum, normalise="global"):
 def test_gradient_of_a_global_batch_is_the_same_for_any_split(records):
     tok = Tokenizer(STORIES / "tokenizer.model")
     data, _, _ = select(tokenize(records, tok), np.arange(len(records)), 256)
-    ids = train.step_examples(0, len(records), 8, 1337)
+    ids = step_examples(0, len(records), 8, 1337)
     ref = reference_gradient(records, PLW, ids)
     scale = max(g.abs().max().item() for g in ref.values())
     for bs, accum in [(8, 1), (4, 2), (2, 4), (1, 8)]:
@@ -193,7 +198,7 @@ def test_update_is_the_same_for_any_split_of_the_global_batch(tmp_path, records,
         run_train(*common, *r["args"], f"--out_dir={tmp_path / name}", torchrun=r.get("torchrun", 0))
 
     # the expected weights: the reference gradient, clipped to norm 1, through one torch AdamW step
-    ids = train.step_examples(0, len(records), 8, 1337)
+    ids = step_examples(0, len(records), 8, 1337)
     ref_grad = reference_gradient(records, PLW, ids)
     m = load_model(STORIES)
     norm = torch.nn.utils.get_total_norm(list(ref_grad.values())).item()
@@ -203,14 +208,22 @@ def test_update_is_the_same_for_any_split_of_the_global_batch(tmp_path, records,
     opt.step()
     expected = {("" if k == "lm_head.weight" else "model.") + k: v for k, v in m.state_dict().items()}
     expected.pop("lm_head.weight")  # tied to the embedding, stored once
+    # AdamW's first step is lr * g / (|g| + eps): where |g| is within ~100x of eps = 1e-8 its derivative lr * eps /
+    # (|g| + eps)^2 amplifies fp32 summation-order differences (which differ between CPU kernels) a thousandfold. Those
+    # few weights are held to the bound of one step (lr); all others to 1e-6
+    clipped = {("" if k == "lm_head.weight" else "model.") + k: (g * min(1.0, 1.0 / (norm + 1e-6))).abs()
+               for k, g in ref_grad.items()}
+    steep = {k: (clipped[k] > 0) & (clipped[k] < 1e-6) for k in expected}  # a zero gradient leaves the weight as is
+    assert sum(int(v.sum()) for v in steep.values()) < 0.1 * sum(v.numel() for v in steep.values())
 
     base_log = log_rows(tmp_path / "8x1")[0]
     assert base_log["grad_norm"] == pytest.approx(norm, rel=1e-5)
     for name in runs:
         w = weights(tmp_path / name)
         assert w.keys() == expected.keys()
-        err = max((w[k] - expected[k]).abs().max().item() for k in expected)
+        err = max((w[k] - expected[k]).abs()[~steep[k]].max().item() for k in expected)
         assert err <= 1e-6, (name, err)
+        assert max((w[k] - expected[k]).abs().max().item() for k in expected) <= 2e-5, name
         row = log_rows(tmp_path / name)[0]
         for key in ("loss", "prompt_loss", "completion_loss", "grad_norm"):
             assert row[key] == pytest.approx(base_log[key], rel=1e-6), (name, key)
@@ -286,18 +299,24 @@ def test_nan_stops_with_a_loadable_checkpoint(tmp_path, data_file):
     (["configs/nope.py"], "config file not found: configs/nope.py"),
     (["--resume"], "expected --key=value, got '--resume'"),
 ])
+def load_train_config(argv):
+    cfg = load_config(train.DEFAULTS, argv, ignore=("sweep_",))
+    train.check_config(cfg)
+    return cfg
+
+
 def test_bad_config_is_refused(args, message):
     # the one-line, exit-code and no-traceback side is in tests/test_reliability.py
-    with pytest.raises(train.ConfigError) as e:
-        train.load_config(["configs/tiny_stories.py", *args])
+    with pytest.raises(ConfigError) as e:
+        load_train_config(["configs/tiny_stories.py", *args])
     assert message in str(e.value)
 
 
 def test_config_files_stack_and_overrides_win():
-    cfg = train.load_config(["configs/short_plw01.py", "configs/reg_dropout.py", "--dropout=0.2", "--out_dir=x/y"])
+    cfg = load_train_config(["configs/short_plw01.py", "configs/reg_dropout.py", "--dropout=0.2", "--out_dir=x/y"])
     assert cfg["dropout"] == 0.2 and cfg["prompt_loss_weight"] == 0.0 and cfg["out_dir"] == "x/y"
     assert cfg["learning_rate"] == 2e-5 and cfg["gradient_accumulation_steps"] == 32  # from the base recipe
-    assert train.load_config(["configs/tiny_sweep.py"])["max_iters"] == 20  # its sweep_* names are not train's
+    assert load_train_config(["configs/tiny_sweep.py"])["max_iters"] == 20  # its sweep_* names are not train's
 
 
 def test_short_plw01_without_weights_says_where_to_put_them():
@@ -342,14 +361,14 @@ def test_stochastic_rounding_is_unbiased_and_stays_between_neighbours():
     x = torch.randn(1000, generator=g) * torch.logspace(-6, 2, 1000)
     lo, hi = bf16_neighbours(x)
     torch.manual_seed(1)
-    draws = torch.stack([train.stochastic_round_bf16(x).float() for _ in range(4000)])   # (4000, 1000)
+    draws = torch.stack([stochastic_round_bf16(x).float() for _ in range(4000)])   # (4000, 1000)
     assert ((draws == lo) | (draws == hi)).all()
     # the fraction rounded up is the distance from the lower neighbour: E[round(x)] = x, within 5 sigma
     p_up = torch.where(hi > lo, (x - lo) / (hi - lo), torch.zeros_like(x))
     frac = (draws == hi).float().mean(0)
     assert ((frac - p_up).abs() <= 5 * (p_up * (1 - p_up) / 4000).sqrt() + 1e-3).all()
     v = torch.tensor([1.0, -2.5, 0.0, 2.0 ** 120, -(2.0 ** -100)])  # bf16 values come back unchanged
-    assert torch.equal(train.stochastic_round_bf16(v).float(), v)
+    assert torch.equal(stochastic_round_bf16(v).float(), v)
 
 
 def test_adamw_bf16_step_is_torch_adamw_rounded():
@@ -359,7 +378,7 @@ def test_adamw_bf16_step_is_torch_adamw_rounded():
     ref = w0.float().clone().requires_grad_()
     ref_opt = torch.optim.AdamW([ref], lr=1e-2, weight_decay=0.1)
     p = torch.nn.Parameter(w0.clone())
-    opt = train.AdamWBF16([p], lr=1e-2, weight_decay=0.1)
+    opt = AdamWBF16([p], lr=1e-2, weight_decay=0.1)
     for k, gr in enumerate(grads):
         ref.grad, p.grad = gr.float(), gr.clone()
         ref_opt.step()

@@ -1,0 +1,59 @@
+"""
+Which examples form each optimizer step, and how they become tensors: the same for train.py, bench.py and the tests.
+
+    ids = step_examples(it, n, global_batch, seed)                 # (G,) fixed by seed and global batch only
+    micro = split_micro_batches(ids, lengths, batch_size, n_micro)  # length-sorted micro-batches
+    x, y, w, p = collate(data, micro[0], plw)                      # inputs, targets, loss weights, prompt mask
+"""
+import hashlib
+
+import numpy as np
+import torch
+
+
+def step_examples(it, n, global_batch, seed):
+    """Example indices (global_batch,) of optimizer step `it`: epoch e is a permutation fixed by (seed, e), cut
+    into consecutive global batches (a partial last one is dropped). Depends on nothing but seed and global batch."""
+    per_epoch = n // global_batch
+    epoch, k = divmod(it, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[k * global_batch:(k + 1) * global_batch]
+
+
+def split_micro_batches(ids, lengths, batch_size, n_micro):
+    """The global batch sorted by length (longest first, ties by position) cut into n_micro micro-batches of
+    batch_size: similar lengths share a micro-batch, so little is padded. Micro-batch m goes to rank m % world."""
+    order = ids[np.argsort(-lengths[ids], kind="stable")]
+    return [order[m * batch_size:(m + 1) * batch_size] for m in range(n_micro)]
+
+
+def collate(data, ids, plw, pad_multiple=1):
+    """Examples -> x (B, T) inputs, y (B, T) targets (-1 = padding), w (B, T) loss weights, p (B, T) prompt mask.
+    Targets are the next tokens, so BOS is never a target; a target's role is the role of the token it predicts."""
+    tokens, roles, offsets = data["tokens"], data["roles"], data["offsets"]
+    lens = offsets[ids + 1] - offsets[ids] - 1                                    # targets per example
+    T = int(-(-lens.max() // pad_multiple) * pad_multiple)
+    x = np.zeros((len(ids), T), dtype=np.int64)
+    y = np.full((len(ids), T), -1, dtype=np.int64)
+    p = np.zeros((len(ids), T), dtype=bool)
+    for b, (i, L) in enumerate(zip(ids, lens)):
+        o = offsets[i]
+        x[b, :L] = tokens[o:o + L]
+        y[b, :L] = tokens[o + 1:o + L + 1]
+        p[b, :L] = roles[o + 1:o + L + 1] == 0                                     # 0 = PROMPT
+    w = np.where(y < 0, 0.0, np.where(p, plw, 1.0)).astype(np.float32)
+    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w), torch.from_numpy(p)
+
+
+def target_counts(data, ids):
+    """(targets, prompt targets) of the examples, from the data alone: identical on every rank, no device sync."""
+    o = data["offsets"]
+    prompt = sum(int((data["roles"][o[i] + 1:o[i + 1]] == 0).sum()) for i in ids)
+    return int((o[ids + 1] - o[ids] - 1).sum()), prompt
+
+
+def data_fingerprint(data):
+    h = hashlib.sha256()
+    for k in ("tokens", "roles", "offsets"):
+        h.update(np.ascontiguousarray(data[k]).tobytes())
+    return h.hexdigest()[:16]
