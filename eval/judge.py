@@ -23,7 +23,8 @@ agreement: the judge on PandaLM's 999 human-labelled pairs (testset-v1.json); th
   per-class and macro precision / recall / F1 (sklearn's average="macro"), both for the pair in its given order
   (PandaLM's protocol) and for the both-orders verdict the other two commands use. On PandaLM's own released
   gpt-3.5-turbo verdicts (data/gpt-3.5-turbo-testset-v1.json there, "garbage" read as a tie as PandaLM's parser
-  does) these definitions give accuracy 71.07 and macro precision 58.79.
+  does) these definitions give accuracy 71.07 and macro precision 58.79. Six responses in testset-v1.json are
+  JSON `true` rather than text (a "Verify the statement" task): they are judged as the text "True".
 
 The judge: any HF LLaMA directory (checkpoint.load_model) with its tokenizer.model, prompted with PandaLM's judge
 prompt; PandaLM-7B is the judge trained for it. The rules follow WeOpenML/PandaLM pandalm/utils/pandalm_inference.py:
@@ -346,7 +347,9 @@ def cmd_agreement(args):
     records = load_prompts(args.data)[:args.limit]
     for i, r in enumerate(records):
         for f in ("response1", "response2"):
-            if not isinstance(r.get(f), str):
+            if isinstance(r.get(f), bool):  # 6 responses of testset-v1.json are JSON true: the answer "True"
+                r[f] = str(r[f])
+            elif not isinstance(r.get(f), str):
                 raise DataError(f"{args.data}: record {i} has no string field {f!r}")
     gold = human_labels(args.data, records)
     check_writable(args.output)
