@@ -25,7 +25,6 @@ a leading space (sentencepiece removes the space of a text's first piece). The A
 stripped of surrounding whitespace, as a judge reads it.
 """
 import argparse
-import json
 import os
 import re
 import sys

@@ -48,7 +48,15 @@ prefers, 0 for a tie; A wins a pair when its total is above B's, loses when belo
 answers "1" therefore gives all ties. win_rate = (wins + ties / 2) / n. `consistency` is the fraction of pairs whose
 two orders agree.
 
-Output JSON: {"results": {<command>: {...}}, "config": {...}, "samples": [...]} (see `report` for the fields).
+Output JSON: {"results": {<command>: {...}}, "config": {...}, "samples": [one per pair: the texts, judge_ab / judge_ba
+(the judge's generations), verdict_ab / verdict_ba (PandaLM's 1, 2, 0 = tie), result (A's win / tie / lose)]}.
+  alpaca_eval (A = the model, B = the reference) and pandalm: n, wins, ties, losses, win_rate, win_rate_a_first (the
+    (A, B) order alone), consistency, unparsed (of 2n judgements), truncated, too_long; alpaca_eval adds
+    length_tokens, length_words, reference_length_tokens, reference_length_words (tokens of the judge's
+    tokenizer: LLaMA 1 and 2 share one) and hit_max_new_tokens when it generated; pandalm adds
+    length_{tokens,words}_{a,b} (and hit_max_new_tokens_{a,b}).
+  agreement (A = response1): n, accuracy, precision, recall, f1 (macro), per_class {tie, 1, 2: precision, recall,
+    f1, support, predicted}: the given order; both_orders {the same}; judge {the counts above}.
 """
 import argparse
 import json
@@ -64,7 +72,6 @@ import torch
 from checkpoint import args_from_hf_config, checkpoint_files
 from eval.generate import (BENCHMARKS, DTYPES, EVAL_DATA, complete, generate_outputs, length_stats,
                            load_model_and_tokenizer, load_prompts)
-from tokenizer import Tokenizer
 from util import DataError, check_writable, cli, write_json
 
 ALPACA_EVAL_REFERENCE = BENCHMARKS["alpaca_eval"]
@@ -290,6 +297,8 @@ def cmd_alpaca_eval(args):
     outputs = outputs_or_model(args.outputs, keys, args.reference, args.limit is None)
     check_writable(args.output)
     if args.save_outputs:
+        if outputs is not None:
+            raise ValueError(f"--save_outputs: --outputs {args.outputs} is a file, not a model directory")
         check_writable(args.save_outputs)
     check_model_dir(args.judge)
     res, rows = {}, None
