@@ -11,8 +11,9 @@ how far to trust the judge.
 
 alpaca_eval: the model's outputs (a model_outputs JSON as eval/generate.py writes it, or an HF model directory to
   generate them with: Stanford template, greedy, --max_new_tokens 512, see eval/generate.py) against AlpacaEval's
-  reference outputs (default text-davinci-003, AlpacaEval 1.0's reference, the one of the paper's time; the GPT-4
-  turbo file of AlpacaEval 2.0 averages 525 LLaMA tokens and often overflows a 2,048-token judge). Records are
+  reference outputs: --reference text_davinci_003 (default; AlpacaEval 1.0's reference, the one of the paper's
+  time), gpt4_1106_preview (AlpacaEval 2.0's; it averages 525 LLaMA tokens, so pairs often overflow a 2,048-token
+  judge and get truncated), or any model_outputs file. Records are
   matched by instruction; the instruction sets must be equal (with --limit: the first N reference instructions).
   Also the mean generation length in tokens and words (the paper's Fig. 2d). The official AlpacaEval number needs
   its GPT-4 annotator: run it elsewhere on the same model_outputs file (--save_outputs).
@@ -74,7 +75,8 @@ from eval.generate import (BENCHMARKS, DTYPES, EVAL_DATA, complete, generate_out
                            load_model_and_tokenizer, load_prompts)
 from util import DataError, check_writable, cli, write_json
 
-ALPACA_EVAL_REFERENCE = BENCHMARKS["alpaca_eval"]
+REFERENCES = {"text_davinci_003": BENCHMARKS["alpaca_eval"],  # AlpacaEval 1.0's reference
+              "gpt4_1106_preview": EVAL_DATA / "alpaca_eval" / "gpt4_1106_preview_outputs.json"}  # 2.0's
 PANDALM_INSTRUCTIONS = BENCHMARKS["pandalm"]
 PANDALM_HUMAN = EVAL_DATA / "pandalm" / "testset-v1.json"
 VERDICT_ROOM = 16  # judge tokens a prompt must leave free; the verdict line is a couple of tokens
@@ -292,6 +294,7 @@ def run_judge(args, pairs):
 
 
 def cmd_alpaca_eval(args):
+    args.reference = REFERENCES.get(args.reference, args.reference)
     reference = load_outputs(args.reference)
     keys = list(reference)[:args.limit]
     outputs = outputs_or_model(args.outputs, keys, args.reference, args.limit is None)
@@ -414,8 +417,8 @@ def main(argv=None):
                                 help="generation limit of a model given as a directory (default 512)")
     q = cmds["alpaca_eval"]
     q.add_argument("--outputs", required=True, help="model_outputs JSON, or an HF model directory to generate with")
-    q.add_argument("--reference", default=str(ALPACA_EVAL_REFERENCE), help="reference model_outputs JSON "
-                   "(default: text-davinci-003, ../shared/data/eval/alpaca_eval)")
+    q.add_argument("--reference", default="text_davinci_003", help="reference model_outputs JSON, or "
+                   "text_davinci_003 (default) / gpt4_1106_preview (../shared/data/eval/alpaca_eval)")
     q.add_argument("--save_outputs", help="write the generated model_outputs JSON here (with a model directory)")
     q = cmds["pandalm"]
     q.add_argument("--model_a", required=True, help="model_outputs JSON or HF model directory (e.g. fine-tuned)")
