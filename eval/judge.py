@@ -31,7 +31,9 @@ The judge: any HF LLaMA directory (checkpoint.load_model) with its tokenizer.mod
 prompt; PandaLM-7B is the judge trained for it. The rules follow WeOpenML/PandaLM pandalm/utils/pandalm_inference.py:
   - prompt: each response stripped, the special-token strings of PandaLM's regex (<unk>, </s>, [PAD], ...) removed,
     stripped again; "Below are two responses for a given task. ..." with the Input section when the input is not
-    empty; ends in "### Evaluation:\\n". Tokens: [BOS] + tokens(prompt), as HF's LlamaTokenizer gives.
+    empty; ends in "### Evaluation:\\n". Tokens: [BOS] + tokens(prompt), as HF's LlamaTokenizer gives, where BOS is
+    the bos_token the judge's special_tokens_map.json names: PandaLM-7B's is "</s>" (id 2), as PandaLM trained it
+    (pandalm/core/nets.py); a judge without that file gets its tokenizer's <s>.
   - verdict: the first line of the stripped generation (special-token strings removed): "1" or "2" is that response,
     "tie" in any case is a tie, and anything else is also a tie (counted here as `unparsed`). PandaLM decodes prompt
     + generation and splits at "### Evaluation:"; we parse the generation itself, the same text unless a response
@@ -73,6 +75,7 @@ import torch
 from checkpoint import args_from_hf_config, checkpoint_files
 from eval.generate import (BENCHMARKS, DTYPES, EVAL_DATA, complete, generate_outputs, length_stats,
                            load_model_and_tokenizer, load_prompts)
+from tokenizer import Tokenizer
 from util import DataError, check_writable, cli, write_json
 
 REFERENCES = {"text_davinci_003": BENCHMARKS["alpaca_eval"],  # AlpacaEval 1.0's reference
@@ -111,10 +114,34 @@ def parse_verdict(text):
     return 0, first.lower() == "tie"
 
 
-def fit_prompt(tok, limit, instruction, input, r1, r2):
+def judge_bos_id(path, tok):
+    """The BOS id HF's LlamaTokenizer (slow, as PandaLM trained with) prepends for the judge at `path`: the id of the
+    bos_token its special_tokens_map.json (else tokenizer_config.json) names, else the tokenizer's own <s>.
+    PandaLM-7B's names "</s>" (id 2): PandaLM's training code (pandalm/core/nets.py) set bos_token to "</s>", so
+    every sequence it trained on starts with id 2."""
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        f = Path(path) / name
+        if not f.is_file():
+            continue
+        try:
+            bos = json.loads(f.read_text()).get("bos_token")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ValueError(f"{f} is not a JSON object: {e}") from None
+        bos = bos.get("content") if isinstance(bos, dict) else bos
+        if isinstance(bos, str):
+            i = tok.sp.piece_to_id(bos)
+            if i == tok.unk_id and bos != tok.id_to_piece(tok.unk_id):
+                raise ValueError(f"{f}: bos_token {bos!r} is not a piece of {tok.path}")
+            return i
+    return tok.bos_id
+
+
+def fit_prompt(tok, limit, instruction, input, r1, r2, bos=None):
     """[BOS] + tokens of the judge prompt in at most `limit` tokens: (ids, truncated), ids None when even empty
-    responses do not fit. Responses are cut at their ends to a common token cap, so the longer one loses first."""
-    ids = tok.encode(pandalm_prompt(instruction, input, r1, r2), bos=True)
+    responses do not fit. Responses are cut at their ends to a common token cap, so the longer one loses first.
+    bos: the BOS id (default the tokenizer's)."""
+    head = [tok.bos_id if bos is None else bos]
+    ids = head + tok.encode(pandalm_prompt(instruction, input, r1, r2))
     if len(ids) <= limit:
         return ids, False
     t1, t2 = tok.encode(clean(r1)), tok.encode(clean(r2))
@@ -122,7 +149,7 @@ def fit_prompt(tok, limit, instruction, input, r1, r2):
     while cap > 0:
         while cap > 0 and (len(t1) - min(len(t1), cap)) + (len(t2) - min(len(t2), cap)) < over:
             cap -= 1
-        ids = tok.encode(pandalm_prompt(instruction, input, tok.decode(t1[:cap]), tok.decode(t2[:cap])), bos=True)
+        ids = head + tok.encode(pandalm_prompt(instruction, input, tok.decode(t1[:cap]), tok.decode(t2[:cap])))
         if len(ids) <= limit:
             return ids, True
         over += len(ids) - limit  # re-encoding at the cut may not save exactly the tokens cut: cut more
@@ -144,14 +171,14 @@ def combine(v_ab, v_ba):
     return outcome(for_a(v_ab, True) + for_a(v_ba, False))
 
 
-def judge_pairs(pairs, tok, ctx, run):
+def judge_pairs(pairs, tok, ctx, run, bos=None):
     """Judge every pair (instruction, input, response_a, response_b) in both orders. run(prompt_ids) -> generated
-    texts, one per prompt (the judge model). Returns one sample per pair."""
+    texts, one per prompt (the judge model); bos: the judge's BOS id. Returns one sample per pair."""
     limit = ctx - VERDICT_ROOM
     prompts, fitted = [], []
     for ins, inp, a, b in pairs:
         for r1, r2 in ((a, b), (b, a)):
-            ids, cut = fit_prompt(tok, limit, ins, inp, r1, r2)
+            ids, cut = fit_prompt(tok, limit, ins, inp, r1, r2, bos)
             fitted.append((ids, cut))
             if ids is not None:
                 prompts.append(ids)
@@ -252,6 +279,11 @@ def check_model_dir(path):
         raise FileNotFoundError(f"no tokenizer.model in {path}")
 
 
+def check_judge(path):
+    check_model_dir(path)
+    judge_bos_id(path, Tokenizer(path))
+
+
 def outputs_or_model(path, wanted, source, complete_set):
     """A model_outputs file, matched against `wanted`, or a model directory (checked, generated from later)."""
     if Path(path).is_dir():
@@ -281,11 +313,12 @@ def generate_for(path, records, args):
 def run_judge(args, pairs):
     """Load the judge and judge pairs in both orders (batched KV-cache generation)."""
     judge, tok = load_model_and_tokenizer(args.judge, args.device, args.dtype)
+    bos = judge_bos_id(args.judge, tok)
 
     def run(prompts):
         return [c["text"] for c in complete(judge, tok, prompts, args.judge_max_new_tokens, args.batch_size)]
 
-    samples = judge_pairs(pairs, tok, judge.args.max_seq_len, run)
+    samples = judge_pairs(pairs, tok, judge.args.max_seq_len, run, bos)
     release(judge)
     return samples, tok
 
@@ -303,7 +336,7 @@ def cmd_alpaca_eval(args):
         if outputs is not None:
             raise ValueError(f"--save_outputs: --outputs {args.outputs} is a file, not a model directory")
         check_writable(args.save_outputs)
-    check_model_dir(args.judge)
+    check_judge(args.judge)
     res, rows = {}, None
     if outputs is None:  # generate: the reference records are the prompts (their "output" is not used)
         rows, stats = generate_for(args.outputs, [reference[k] for k in keys], args)
@@ -325,7 +358,7 @@ def cmd_pandalm(args):
     sides = {s: outputs_or_model(getattr(args, f"model_{s}"), keys, args.instructions, args.limit is None)
              for s in "ab"}
     check_writable(args.output)
-    check_model_dir(args.judge)
+    check_judge(args.judge)
     res = {}
     for s in "ab":
         if sides[s] is None:
@@ -365,7 +398,7 @@ def cmd_agreement(args):
                 raise DataError(f"{args.data}: record {i} has no string field {f!r}")
     gold = human_labels(args.data, records)
     check_writable(args.output)
-    check_model_dir(args.judge)
+    check_judge(args.judge)
     samples, _ = run_judge(args, [(r["instruction"], r.get("input", ""), r["response1"], r["response2"])
                                   for r in records])
     both = [{"win": 1, "lose": 2, "tie": 0}[s["result"]] for s in samples]

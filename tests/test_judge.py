@@ -12,8 +12,8 @@ import torch
 
 from conftest import ROOT, SHARED, STORIES, require
 from checkpoint import save_model
-from eval.judge import (agreement_metrics, combine, fit_prompt, human_labels, judge_pairs, main, pandalm_prompt,
-                        parse_verdict, tally)
+from eval.judge import (agreement_metrics, combine, fit_prompt, human_labels, judge_bos_id, judge_pairs, main,
+                        pandalm_prompt, parse_verdict, tally)
 from model import ModelArgs, Transformer
 from tokenizer import Tokenizer
 from util import cli
@@ -124,6 +124,22 @@ def test_a_content_judge_counts_wins_ties_and_losses(tok):
     t = tally(samples)
     assert (t["wins"], t["ties"], t["losses"], t["win_rate"], t["consistency"]) == (1, 2, 1, 0.5, 1.0)
     assert samples[2]["input"] == "one two" and "input" not in samples[0]
+
+
+def test_judge_bos_is_the_one_its_tokenizer_files_name(tok, tmp_path):
+    assert judge_bos_id(tmp_path, tok) == tok.bos_id == 1  # no HF tokenizer files: <s>
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": {"content": "<s>", "lstrip": False}}))
+    assert judge_bos_id(tmp_path, tok) == 1
+    # PandaLM-7B's special_tokens_map.json: bos, eos and unk all "</s>", as PandaLM's training set them
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "</s>", "eos_token": "</s>", "pad_token": "[PAD]", "unk_token": "</s>"}))
+    assert judge_bos_id(tmp_path, tok) == tok.eos_id == 2
+    seen = []
+    judge_pairs(PAIRS[:1], tok, 512, lambda prompts: seen.extend(prompts) or ["1"] * len(prompts), bos=2)
+    assert [p[0] for p in seen] == [2, 2] and seen[0][1:] == tok.encode(pandalm_prompt(*PAIRS[0]))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<nope>"}))
+    with pytest.raises(ValueError, match="bos_token '<nope>' is not a piece"):
+        judge_bos_id(tmp_path, tok)
 
 
 def test_fit_prompt_cuts_the_longer_response_first(tok):
