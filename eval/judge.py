@@ -13,10 +13,10 @@ alpaca_eval: the model's outputs (a model_outputs JSON as eval/generate.py write
   generate them with: Stanford template, greedy, --max_new_tokens 512, see eval/generate.py) against AlpacaEval's
   reference outputs: --reference text_davinci_003 (default; AlpacaEval 1.0's reference, the one of the paper's
   time), gpt4_1106_preview (AlpacaEval 2.0's; it averages 525 LLaMA tokens, so pairs often overflow a 2,048-token
-  judge and get truncated), or any model_outputs file. Records are
-  matched by instruction; the instruction sets must be equal (with --limit: the first N reference instructions).
-  Also the mean generation length in tokens and words (the paper's Fig. 2d). The official AlpacaEval number needs
-  its GPT-4 annotator: run it elsewhere on the same model_outputs file (--save_outputs).
+  judge and get truncated), or any model_outputs file. Records are matched by instruction; the instruction sets
+  must be equal (with --limit: the first N reference instructions). Also the mean generation length in tokens and
+  words (the paper's Fig. 2d). The official AlpacaEval number needs its GPT-4 annotator: run it elsewhere on the
+  same model_outputs file (--save_outputs).
 pandalm: model A against model B (each a model_outputs JSON or an HF model directory) on PandaLM's 170 test
   instructions, matched by (instruction, input).
 agreement: the judge on PandaLM's 999 human-labelled pairs (testset-v1.json); the human label is the majority of
