@@ -1,12 +1,21 @@
 """
 Completions for Alpaca-format instructions, and the batched generation that eval/memorization.py shares.
 
-    python eval/generate.py --model out/plw01 --prompts alpaca_eval.json --output plw01_outputs.json
+    python eval/generate.py --model out/plw01 --prompts alpaca_eval --output plw01_outputs.json [--limit N]
+    python eval/generate.py --model out/plw01 --prompts pandalm --output plw01_pandalm.json
 
 writes AlpacaEval's model_outputs format, a JSON list of {"instruction", "output", "generator"} ("dataset" kept
-when the prompts have it), for an AlpacaEval judge run elsewhere. The prompts file is JSON or JSONL (.gz too),
-a list of records with "instruction" and optionally "input"; AlpacaEval's own alpaca_eval.json is accepted as it
-is (its reference "output" is ignored).
+when the prompts have it, "input" when not empty), for an AlpacaEval judge run elsewhere or eval/judge.py here.
+--prompts is a JSON or JSONL file (.gz too), a list of records with "instruction" and optionally "input", or one
+of the names `alpaca_eval` (the 805 AlpacaEval instructions, ../shared/data/eval/alpaca_eval; the reference
+"output" in that file is ignored) and `pandalm` (PandaLM's 170 test instructions with inputs).
+
+max_new_tokens defaults to 512: 99.9% of the Stanford Alpaca training outputs and 98.9% of AlpacaEval's
+text-davinci-003 references are at most 512 LLaMA tokens, so a model fine-tuned on Alpaca that has not emitted EOS
+by then is almost always repeating itself; and two 512-token responses plus the judge's template fit the 2,048
+token context of a LLaMA-1 judge (PandaLM-7B). The fraction that hit the limit is printed. Generation length
+(the paper's Fig. 2d) is printed as mean tokens (tokenizer.encode of the written output) and words
+(whitespace-separated), the same definitions eval/judge.py reports.
 
 Each prompt is exactly what the model was fine-tuned on: [BOS] + tokens(format_prompt(instruction, input)), the
 Stanford template ending in "### Response:", and the model continues straight after the colon. Decoding is
@@ -16,7 +25,7 @@ a leading space (sentencepiece removes the space of a text's first piece). The A
 stripped of surrounding whitespace, as a judge reads it.
 """
 import argparse
-import json
+import os
 import re
 import sys
 import time
@@ -29,10 +38,18 @@ from tqdm import tqdm
 
 from data.prepare import DataError, format_prompt, read_json_list
 from checkpoint import load_model
-from util import atomic_write
+from util import check_writable, cli, write_json
 from tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NANOPLW_SHARED", ROOT.parent / "shared"))  # as tests/conftest.py finds it
+EVAL_DATA = SHARED / "data" / "eval"
+# the instruction sets of the paper's long-generation benchmarks, by name (../shared/data/README.md)
+BENCHMARKS = {
+    "alpaca_eval": EVAL_DATA / "alpaca_eval" / "text_davinci_003_outputs.json",  # 805; AlpacaEval 1.0's reference
+    "pandalm": EVAL_DATA / "pandalm" / "testset-inference-v1.json",  # 170, with inputs
+}
 
 # -----------------------------------------------------------------------------
 # model and prompts
@@ -61,8 +78,10 @@ def load_model_and_tokenizer(path, device=None, dtype=None, tokenizer=None):
 
 
 def load_prompts(path):
-    """Records with a string "instruction" (and optional string "input") from .json / .jsonl (.gz);
-    every other field is kept as it is. DataError (a ValueError) naming the file and record when malformed."""
+    """Records with a string "instruction" (and optional string "input") from .json / .jsonl (.gz), or from a
+    BENCHMARKS name; every other field is kept as it is. DataError (a ValueError) naming the file and record when
+    malformed."""
+    path = BENCHMARKS.get(str(path), path)
     records = read_json_list(path)
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not isinstance(r.get("instruction"), str):
@@ -135,6 +154,37 @@ def complete(model, tokenizer, prompts, max_new_tokens, batch_size=32, temperatu
         model.train(was_training)
     return results
 
+def output_rows(records, completions, generator):
+    """AlpacaEval's model_outputs rows: instruction (input when not empty), output (stripped, as a judge reads
+    it), generator, and dataset when the prompt record has one."""
+    rows = []
+    for r, c in zip(records, completions):
+        row = {"instruction": r["instruction"]}
+        if r.get("input"):
+            row["input"] = r["input"]
+        row.update(output=c["text"].strip(), generator=generator)
+        if "dataset" in r:
+            row["dataset"] = r["dataset"]
+        rows.append(row)
+    return rows
+
+
+def length_stats(tokenizer, texts):
+    """Mean length of texts in tokens (tokenizer.encode, no BOS/EOS) and in whitespace-separated words."""
+    if not texts:
+        raise ValueError("no texts to measure")
+    n_tokens = sum(map(len, tokenizer.encode_batch(texts)))
+    return {"length_tokens": n_tokens / len(texts), "length_words": sum(len(t.split()) for t in texts) / len(texts)}
+
+
+def generate_outputs(model, tokenizer, records, generator, max_new_tokens=512, batch_size=32, progress=True):
+    """Greedy model_outputs rows for records, and {"length_tokens", "length_words", "hit_max_new_tokens"}."""
+    out = complete(model, tokenizer, prompt_ids(tokenizer, records), max_new_tokens, batch_size, progress=progress)
+    rows = output_rows(records, out, generator)
+    stats = length_stats(tokenizer, [r["output"] for r in rows])
+    stats["hit_max_new_tokens"] = sum(not c["eos"] for c in out) / len(out)  # never emitted EOS
+    return rows, stats
+
 # -----------------------------------------------------------------------------
 # command line
 
@@ -142,11 +192,13 @@ def complete(model, tokenizer, prompts, max_new_tokens, batch_size=32, temperatu
 def main(argv=None):
     p = argparse.ArgumentParser(description="Completions for Alpaca-format prompts in AlpacaEval's model_outputs format.")
     p.add_argument("--model", required=True, help="HF LLaMA directory (config.json, safetensors, tokenizer.model)")
-    p.add_argument("--prompts", required=True, help="JSON/JSONL list of records with 'instruction' (and 'input')")
+    p.add_argument("--prompts", required=True,
+                   help="JSON/JSONL list of records with 'instruction' (and 'input'), or alpaca_eval / pandalm")
     p.add_argument("--output", required=True, help="JSON file to write: [{instruction, output, generator}, ...]")
     p.add_argument("--generator", help="the 'generator' name (default: the model directory's name)")
-    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--max_new_tokens", type=int, default=512, help="default 512 (see the module docstring)")
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--limit", type=int, help="only the first N prompts (quick runs)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling, with --temperature > 0")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (temperature > 0)")
@@ -154,33 +206,24 @@ def main(argv=None):
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=list(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
     args = p.parse_args(argv)
-    try:
-        if args.temperature < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
-            raise ValueError(f"--temperature {args.temperature} must be >= 0 and --top_p {args.top_p} in (0, 1]")
-        records = load_prompts(args.prompts)
-        model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.tokenizer)
-        generator = args.generator or Path(args.model).resolve().name
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # before the long part: a bad path fails at once
-        out = complete(model, tok, prompt_ids(tok, records), args.max_new_tokens, args.batch_size,
-                       args.temperature, args.top_p, args.seed)
-        rows = []
-        for r, c in zip(records, out):
-            row = {"instruction": r["instruction"]}
-            if r.get("input"):
-                row["input"] = r["input"]
-            row.update(output=c["text"].strip(), generator=generator)
-            if "dataset" in r:
-                row["dataset"] = r["dataset"]
-            rows.append(row)
-        atomic_write(args.output, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n",
-                                                                  encoding="utf-8"))
-    except (OSError, ValueError) as e:  # bad input: one line, no traceback
-        print(f"generate.py: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+    if args.temperature < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
+        raise ValueError(f"--temperature {args.temperature} must be >= 0 and --top_p {args.top_p} in (0, 1]")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be positive, got {args.limit}")
+    records = load_prompts(args.prompts)[:args.limit]
+    check_writable(args.output)  # before the long part: a bad path fails at once
+    model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.tokenizer)
+    generator = args.generator or Path(args.model).resolve().name
+    out = complete(model, tok, prompt_ids(tok, records), args.max_new_tokens, args.batch_size,
+                   args.temperature, args.top_p, args.seed)
+    rows = output_rows(records, out, generator)
+    write_json(args.output, rows)
+    stats = length_stats(tok, [r["output"] for r in rows])
     no_eos = sum(not c["eos"] for c in out)
     print(f"wrote {len(rows)} completions by {generator!r} to {args.output} ({no_eos} reached max_new_tokens)")
+    print(f"length: {stats['length_tokens']:.1f} tokens, {stats['length_words']:.1f} words (mean)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main, "generate.py")
