@@ -322,6 +322,19 @@ BETA_KEYS = ("n", "benchmarks", "models", "b1", "se_b1", "b2", "se_b2", "z", "p"
              "vertex_se", "critical_plw", "ci_wp", "ci_plw", "ci_clipped", "reason")
 
 
+def beta_design(obs):
+    """(y, X, column names) of the beta regression on relative scores obs (none None): y squeezed into (0, 1);
+    X = intercept (the first benchmark and model), the other benchmarks' and models' offsets, w_p, w_p^2."""
+    benches = sorted({r["benchmark"] for r in obs})
+    models = sorted({r["model"] for r in obs})
+    w = np.array([r["wp"] for r in obs])
+    cols = [np.ones_like(w)]
+    cols += [np.array([r["benchmark"] == b for r in obs], dtype=np.float64) for b in benches[1:]]
+    cols += [np.array([r["model"] == m for r in obs], dtype=np.float64) for m in models[1:]]
+    names = ["intercept"] + [f"benchmark[{b}]" for b in benches[1:]] + [f"model[{m}]" for m in models[1:]]
+    return squeeze([r["relative"] for r in obs]), np.column_stack(cols + [w, w * w]), names + ["w_p", "w_p^2"]
+
+
 def beta_quadratic(rel_rows):
     """
     Beta regression of relative scores (rows of relative_scores; None ones are skipped), squeezed into (0, 1):
@@ -336,20 +349,14 @@ def beta_quadratic(rel_rows):
     if len(plws) < 3:
         out["reason"] = f"needs at least 3 distinct PLW values with a varying benchmark, got {len(plws)}"
         return out
-    benches = sorted({r["benchmark"] for r in obs})
-    models = sorted({r["model"] for r in obs})
-    w = np.array([r["wp"] for r in obs])
-    cols = [np.ones_like(w)]  # intercept = the first benchmark (and model); the others as offsets from it
-    cols += [np.array([r["benchmark"] == b for r in obs], dtype=np.float64) for b in benches[1:]]
-    cols += [np.array([r["model"] == m for r in obs], dtype=np.float64) for m in models[1:]]
-    X = np.column_stack(cols + [w, w * w])
+    y, X, _ = beta_design(obs)
     k = X.shape[1]
-    out.update(n=len(obs), benchmarks=len(benches), models=len(models))
+    out.update(n=len(obs), benchmarks=len({r["benchmark"] for r in obs}), models=len({r["model"] for r in obs}))
     if len(obs) <= k + 1:
         out["reason"] = f"{len(obs)} scores for {k + 1} parameters"
         return out
     try:
-        f = fit_beta(squeeze([r["relative"] for r in obs]), X)
+        f = fit_beta(y, X)
     except ValueError as e:
         out["reason"] = str(e)
         return out
@@ -357,7 +364,7 @@ def beta_quadratic(rel_rows):
     se1, se2 = (float(v) for v in f["se"][-2:])
     z, p = wald(b2, se2)
     out.update(b1=b1, se_b1=se1, b2=b2, se_b2=se2, z=z, p=p, phi=f["phi"], loglik=f["loglik"])
-    lo, hi = float(w.min()), float(w.max())
+    lo, hi = float(X[:, -2].min()), float(X[:, -2].max())
     if b2 >= 0:
         out["reason"] = f"not concave (b2 = {b2:+.3g} >= 0): no maximum inside the grid"
         return out

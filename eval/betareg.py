@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 Z95 = 1.959963984540054  # the normal 97.5% quantile: two-sided 95% intervals
+MAX_LOG_PHI = 40.0  # phi = 2e17: past this the scores are fit exactly and the likelihood has no maximum
 
 
 # -----------------------------------------------------------------------------
@@ -101,9 +102,10 @@ def start_values(y, X):
 
 def fit_beta(y, X, max_iter=200, tol=1e-10):
     """
-    Maximum likelihood: Newton steps with Levenberg damping (added to the negative Hessian until it is positive
-    definite and the step raises the likelihood). Returns {params (beta), log_phi, phi, cov (all of theta, from the
-    observed information), se (of beta), se_log_phi, loglik, iterations}. y must lie in (0, 1) (see squeeze);
+    Maximum likelihood: Newton steps, with Levenberg damping added to the negative Hessian until it is positive
+    definite and the step raises the likelihood; converged when a full Newton step is below tol. Returns {params
+    (beta), log_phi, phi, cov (of all of theta, from the observed information), se (of beta), se_log_phi, loglik,
+    iterations}. y must lie in (0, 1) (see squeeze);
     raises ValueError when the likelihood has no maximum to find (e.g. a singular design).
     """
     y = np.asarray(y, dtype=np.float64)
@@ -113,25 +115,33 @@ def fit_beta(y, X, max_iter=200, tol=1e-10):
         raise ValueError(f"singular design: rank {np.linalg.matrix_rank(X)} < {X.shape[1]} columns")
     theta = start_values(y, X)
     ll, grad, H = loglik_derivs(theta, y, X)
-    lam = 0.0
+    eye = np.eye(H.shape[0])
+    lam, done = 0.0, False
     for it in range(1, max_iter + 1):
-        while True:
-            A = -H + lam * np.eye(H.shape[0])
+        for _ in range(60):  # raise the damping until the step is uphill (a trust region in all but name)
             try:
-                L = np.linalg.cholesky(A)
+                L = np.linalg.cholesky(-H + lam * eye)
             except np.linalg.LinAlgError:
-                lam = max(1e-6, 10 * lam)
+                lam = max(1e-8, 10 * lam)
                 continue
             step = np.linalg.solve(L.T, np.linalg.solve(L, grad))
-            new = loglik_derivs(theta + step, y, X)
-            if new[0] >= ll - 1e-12 * abs(ll) or np.abs(step).max() < tol:
+            done = lam == 0 and np.abs(step).max() < tol  # converged: a full Newton step that small
+            if done or theta[-1] + step[-1] > MAX_LOG_PHI:
                 break
-            lam = max(1e-6, 10 * lam)
+            new = loglik_derivs(theta + step, y, X)
+            if np.isfinite(new[0]) and new[0] >= ll:
+                break
+            lam = max(1e-8, 10 * lam)
+        else:
+            raise ValueError("beta regression: no step raises the likelihood")
+        if done:
+            break
+        if theta[-1] + step[-1] > MAX_LOG_PHI:
+            raise ValueError("beta regression: the precision diverges (the mean model fits the scores exactly; "
+                             "too few scores per parameter)")
         theta = theta + step
         ll, grad, H = new
-        lam = lam / 10 if lam > 1e-6 else 0.0
-        if np.abs(step).max() < tol:
-            break
+        lam = lam / 10 if lam > 1e-8 else 0.0
     else:
         raise ValueError(f"beta regression did not converge in {max_iter} iterations")
     try:
