@@ -416,7 +416,7 @@ def regularizer_rows(per):
             out.append({"label": label, **{k: a[k] for k in ("model", "regularizer", "reg_value", "plw", "relative",
                                                              "sd", "min", "max", "seeds")},
                         **{g: per[g].get(key, {}).get("relative") for g in PAPER_GROUPS},
-                        "delta": None if base is None else a["relative"] - base["relative"]})
+                        "delta": None if base is None else round(a["relative"] - base["relative"], 12) + 0.0})
     return out
 
 
@@ -578,7 +578,7 @@ def format_beta(b, what):
         return f"{what}: the same scores as {VIEW_NAMES[b['same_as']]}"
     if b["b2"] is None:
         return f"{what}: no beta regression ({b['reason']})"
-    s = (f"{what} (n = {b['n']} scores, {b['benchmarks']} benchmarks, {b['models']} model(s)): "
+    s = (f"{what} (n = {b['n']} scores, {_count(b['benchmarks'], 'benchmark')}, {_count(b['models'], 'model')}): "
          f"b1 = {b['b1']:.3g} (SE {b['se_b1']:.2g}), b2 = {b['b2']:.3g} (SE {b['se_b2']:.2g}), "
          f"z = {b['z']:.2f}, p = {b['p']:.3g}")
     s += " (significant at 0.05)" if b["p"] < 0.05 else " (not significant at 0.05)"
@@ -587,19 +587,24 @@ def format_beta(b, what):
     lo, hi = b["ci_plw"]
     clipped = " (clipped to the grid)" if any(b["ci_clipped"]) else ""
     return s + (f"; **critical PLW = {b['critical_plw']:.3g}**, 95% CI [{lo:.3g}, {hi:.3g}]{clipped} from the "
-                f"delta-method interval of the vertex w_p = {b['vertex_wp']:.3f} ± {Z95 * b['vertex_se']:.3f}")
+                f"delta-method interval of the vertex w_p = {b['vertex_wp']:.3f} ± {Z95 * b['vertex_se']:.3f} (95%)")
+
+
+def _count(n, what):
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def markdown_regularizers(regs):
     multi = len({r["model"] for r in regs}) > 1
-    header = (["model"] if multi else []) + ["condition", "PLW", "rel. aggregate", "± sd", "seeds", "rel. I",
-                                             "rel. II", "Δ vs PLW 0"]
+    groups = [g for g in PAPER_GROUPS if any(r[g] is not None for r in regs)]
+    header = ((["model"] if multi else []) + ["condition", "PLW", "rel. aggregate", "± sd", "seeds"]
+              + [f"rel. {g}" for g in groups] + ["Δ vs PLW 0"])
     lines = ["Regularizers vs PLW (the paper's Fig. 8; relative aggregate over all benchmarks):", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * (1 + multi) + "---:|" * (len(header) - 1 - multi)]
     for r in regs:
         cells = ([r["model"]] if multi else []) + [r["label"], f"{r['plw']:g}", _fmt(r["relative"], ".3f"),
-                                                   _fmt(r["sd"], ".3f"), str(r["seeds"]), _fmt(r["I"], ".3f"),
-                                                   _fmt(r["II"], ".3f"), _fmt(r["delta"], "+.3f")]
+                                                   _fmt(r["sd"], ".3f"), str(r["seeds"])]
+        cells += [_fmt(r[g], ".3f") for g in groups] + [_fmt(r["delta"], "+.3f")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
