@@ -257,7 +257,7 @@ def aggregate(rows, group=None):
     conds = {}
     for key, rs in runs.items():
         conds.setdefault(key[:-1], []).append((np.mean([r["relative"] for r in rs]), np.mean([r["score"] for r in rs]),
-                                              len(rs), rs[0]))
+                                              len(rs)))
     out = []
     for key, v in conds.items():
         rel, simple = _spread([x[0] for x in v]), _spread([x[1] for x in v])
