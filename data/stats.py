@@ -9,6 +9,9 @@ The mean of per-record ratios (4.57) or counting the template (1.06) do not.
 
     python data/stats.py --tokenizer path/to/tokenizer.model data/alpaca/alpaca_data.json
     python data/stats.py --tokenizer llama-7b/ --json a.json b.json     # [{path, n, prompt_tokens_mean, ...}]
+
+--json adds the suggestion: suggested_plw, reason, regime ("short" | "between" | "long"), in_paper_range and
+plw_by_target (the paper's best PLW range for multiple choice, short and long generation).
 """
 import argparse
 import json
@@ -36,15 +39,44 @@ def length_stats(records, tokenizer):
     return out
 
 
+# The paper's numbers (Huerta-Enochian & Ko, arXiv 2401.13586; docs/analysis.md): its short-completion data,
+# AlpacaDataShort, has R_g 0.08 and a significant negative quadratic in w_p with its vertex at PLW 0.242; its
+# medium- and long-completion data (AlpacaDataCleaned; Stanford Alpaca, R_g 3.27) showed no relationship with PLW.
+PAPER_SHORT_RG = 0.08
+PAPER_LONG_RG = 3.27
+SHORT_RG_MAX = 0.1  # up to here: the paper's short-completion regime (0.08 and a little tolerance)
+LONG_RG_MIN = 1.0   # from here: completions longer than prompts, where the paper found no PLW effect
+CRITICAL_PLW = 0.242
+PLW_BY_TARGET = {"multiple_choice": [0.01, 0.5], "short_generation": [0.01, 0.5], "long_generation": [1.0, 1.0]}
+
+
+def plw_advice(rg):
+    """-> {suggested_plw, reason, regime ("short" | "between" | "long"), in_paper_range, plw_by_target}: the PLW the
+    paper's findings suggest for data with generation ratio rg. plw_by_target gives the paper's best PLW range per
+    kind of downstream task (short-completion data only; None where PLW did not matter)."""
+    if rg <= SHORT_RG_MAX:
+        return {"suggested_plw": CRITICAL_PLW, "regime": "short", "in_paper_range": True,
+                "plw_by_target": PLW_BY_TARGET,
+                "reason": (f"R_g = {rg:.2f} <= {SHORT_RG_MAX:g}, like the paper's AlpacaDataShort (R_g "
+                           f"{PAPER_SHORT_RG:g}): there performance was a significant negative quadratic in w_p with "
+                           f"the critical PLW {CRITICAL_PLW:g}; PLW 0.01-0.5 was best for multiple choice and short "
+                           f"generation, PLW about 1 for long generation")}
+    if rg < LONG_RG_MIN:
+        return {"suggested_plw": 0.1, "regime": "between", "in_paper_range": False, "plw_by_target": PLW_BY_TARGET,
+                "reason": (f"R_g = {rg:.2f} is outside the paper's data (short: R_g {PAPER_SHORT_RG:g}; medium and "
+                           f"long: R_g >= ~1, Alpaca {PAPER_LONG_RG:g}): completions are still shorter than prompts, "
+                           f"so a small non-zero PLW (0.1, inside the paper's best range 0.01-0.5 and below its "
+                           f"short-data optimum {CRITICAL_PLW:g}) is a hedge, not a finding; tune it if you can")}
+    return {"suggested_plw": 0.0, "regime": "long", "in_paper_range": True, "plw_by_target": None,
+            "reason": (f"R_g = {rg:.2f} >= {LONG_RG_MIN:g} (medium/long completions; Alpaca: {PAPER_LONG_RG:g}): the "
+                       f"paper found no significant effect of PLW on such data, so prompt masking (PLW 0, the "
+                       f"default) is fine")}
+
+
 def suggest_plw(rg):
-    """-> (PLW, one-line reason), from Huerta-Enochian & Ko (2024): a PLW effect was found only on short-completion
-    data; there a small non-zero PLW was best for multiple-choice and short-generation benchmarks."""
-    if rg >= 1:
-        return 0.0, (f"R_g = {rg:.2f} >= 1 (long completions): the paper found no significant effect of PLW on such "
-                     f"data, so prompt masking (PLW 0, the default) is fine")
-    return 0.1, (f"R_g = {rg:.2f} < 1 (short completions): the paper found small non-zero PLWs (0.01-0.5) beat "
-                 f"PLW 0 on multiple-choice and short-generation benchmarks (fitted optimum about 0.1-0.25), "
-                 f"while PLW near 1 was better for long generation")
+    """-> (PLW, one-line reason): plw_advice's suggestion."""
+    a = plw_advice(rg)
+    return a["suggested_plw"], a["reason"]
 
 
 def main(argv=None):
@@ -58,8 +90,7 @@ def main(argv=None):
         tok = Tokenizer(args.tokenizer)
         for path in args.files:
             s = length_stats(load_records(path), tok)
-            plw, reason = suggest_plw(s["rg"])
-            rows.append({"path": path, **s, "suggested_plw": plw, "reason": reason})
+            rows.append({"path": path, **s, **plw_advice(s["rg"])})
     except (ValueError, OSError) as e:  # DataError is a ValueError; a missing tokenizer is a FileNotFoundError
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -72,6 +103,9 @@ def main(argv=None):
               f"  R_g = {r['completion_tokens_mean']:.2f} / {r['prompt_tokens_mean']:.2f} = {r['rg']:.2f}"
               f"  (completion = output, prompt = instruction + input, no template)\n"
               f"  suggested PLW: {r['suggested_plw']:g}: {r['reason']}")
+        if r["plw_by_target"]:
+            print("  the paper's best PLW by target: " + ", ".join(
+                f"{k.replace('_', ' ')} {lo:g}" + (f"-{hi:g}" if hi != lo else "") for k, (lo, hi) in r["plw_by_target"].items()))
     return 0
 
 

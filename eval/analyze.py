@@ -1,43 +1,15 @@
 """
-Analyze a prompt-loss-weight (PLW) sweep: relative benchmark scores, a quadratic in w_p, and the critical PLW.
+Analyze a prompt-loss-weight (PLW) study: relative and simple aggregates per benchmark group, a least-squares
+quadratic in w_p = PLW^log10(2), a beta regression that tests the quadratic term and puts an interval on the
+critical PLW, and the paper's regularizer comparison. Definitions, conventions and what differs from the paper:
+docs/analysis.md.
 
     python eval/analyze.py --scores out/sweep/scores.jsonl [--json] [--out DIR] [--log out/plw0/log.jsonl ...]
 
-Huerta-Enochian & Ko (2024) sweep PLW over a roughly log-spaced grid from 0 to 1 and analyze it in the coordinate
-    w_p = PLW ** log10(2)    (equivalently 2 ** log10(PLW); w_p(0) = 0, w_p(0.01) = 0.25, w_p(0.1) = 0.5, w_p(1) = 1)
-in which that grid is roughly evenly spaced. On short-completion data the relative benchmark score is a negative
-quadratic in w_p; mapping the fitted vertex back, PLW = w_p ** (1 / log10(2)), gives the critical PLW
-(the paper: vertex w_p = 0.652 -> PLW = 0.242).
-
-Input, scores.jsonl (written by sweep.py), one JSON object per line:
-    {"plw": float, "benchmark": str, "score": float,
-     "dataset"?: str, "group"?: "mc" | "gen" | "mechanism", "higher_is_better"?: bool, "run"?: str}
-Conventions (all in one place, because each one changes the numbers):
-  - Duplicates: rows with the same (dataset, plw, benchmark) are a re-run, so the LAST one in the file wins.
-  - dataset: rows without one belong to the dataset "default". Everything (scaling, aggregate, fit) is per dataset.
-  - group: rows without one get infer_group(benchmark): a known multiple-choice task -> "mc"; "*_rsd" or
-    "weight_distance*" -> "mechanism"; anything else -> "gen". The default is "gen", not "mc", because the
-    multiple-choice tasks are a small known set (lm-eval accuracies), while generation metrics are open-ended
-    (BLEU, ROUGE, lengths, judge win rates). The CLI prints a note for names it had to guess.
-  - higher_is_better defaults to true; a benchmark with false is inverted after scaling, so a relative score is
-    always "1 = the best PLW for this benchmark, 0 = the worst".
-  - Relative score: per (dataset, benchmark), min-max scaled across PLW values: (s - min) / (max - min).
-    A benchmark whose score is the same at every PLW carries no information about PLW: its relative score is
-    None and it is EXCLUDED from the aggregate (listed in the table notes). Scoring it 0.5 instead would shrink the
-    aggregate towards 0.5 but, with full coverage, leave the fitted vertex unchanged (an affine map of y).
-  - Relative aggregate: at each PLW, the mean of the relative scores of the benchmarks scored there, over groups
-    "mc" and "gen" (also per group). "mechanism" rows (weight distance, loss RSD) are never aggregated; they are
-    tabulated and plotted against PLW.
-  - Fit: least squares y = a w_p^2 + b w_p + c on the relative aggregate (one point per PLW). With the same
-    benchmarks at every PLW this equals the fit to all (benchmark, PLW) points, since those have the same means.
-    critical_plw is reported only when a < 0 (concave) and the vertex lies inside the fitted w_p range (the paper's
-    grid: [0, 1]); otherwise it is None and `reason` says why.
-
-Training-loss stability (the paper's mechanism check) comes from a run's log.jsonl, one JSON object per logged
-optimizer step ({"iter", "loss", "prompt_loss", "completion_loss", ...}): see loss_rsd.
-
-Runtime dependencies: stdlib and numpy; matplotlib only for figures and model.atomic_write (torch) only for --out,
-both imported when used.
+scores.jsonl, one row per (run, benchmark); only plw, benchmark and score are required:
+    {"model": str, "dataset": str, "plw": float, "regularizer": "none" | "weight_decay" | "dropout" |
+     "label_smoothing" | "minkowski", "reg_value": float, "seed": int, "run": str, "benchmark": str,
+     "metric": str, "score": float, "group": "mc" | "short_gen" | "long_gen" | "mechanism", "higher_is_better"?: bool}
 """
 import argparse
 import json
@@ -49,19 +21,29 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's model.atomic_write
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python eval/analyze.py` finds util, eval
+
+from eval.betareg import Z95, fit_beta, squeeze, vertex, wald
+from util import atomic_write, cli, write_json
 
 LOG10_2 = math.log10(2)  # exponent of the PLW -> w_p map
 PAPER_PLWS = (0.0, 5e-4, 2.236e-3, 0.01, 0.02463, 0.05, 0.1, 0.2463, 0.5, 1.0)  # the paper's grid
 DEFAULT_DATASET = "default"
-GROUPS = ("mc", "gen", "mechanism")
-AGGREGATED = ("mc", "gen")  # groups that enter the relative aggregate
+# "gen" is generation of unknown length: older score files, and infer_group's fallback; it is aggregated with
+# everything ("all") but belongs to neither of the paper's groups
+GROUPS = ("mc", "short_gen", "long_gen", "gen", "mechanism")
+AGGREGATED = GROUPS[:-1]  # mechanisms are reported beside the benchmarks, never aggregated
+PAPER_GROUPS = {"I": ("mc", "short_gen"), "II": ("long_gen",)}
+REGULARIZERS = ("none", "weight_decay", "dropout", "label_smoothing", "minkowski")
+CONDITION = ("dataset", "model", "regularizer", "reg_value", "plw")  # + seed = one run
 
-# names infer_group recognizes; any other name falls back to "gen" (see the docstring for why not "mc")
+# names infer_group recognizes; any other name falls back to "gen"
 MC_BENCHMARKS = frozenset({
     "arc_challenge", "arc_easy", "boolq", "hellaswag", "mmlu", "openbookqa", "piqa", "sciq",
     "truthfulqa_mc1", "truthfulqa_mc2", "winogrande",
 })
+SHORT_GEN_PREFIXES = ("wmt", "truthfulqa_gen")
+LONG_GEN_PREFIXES = ("alpaca_eval", "pandalm")
 GEN_HINTS = ("gen_", "bleu", "rouge", "length", "win_rate", "alpaca_eval", "pandalm")
 
 
@@ -95,6 +77,10 @@ def infer_group(benchmark):
     name = benchmark.lower()
     if name in MC_BENCHMARKS or name.startswith("mmlu_"):
         return "mc"
+    if name.startswith(SHORT_GEN_PREFIXES):
+        return "short_gen"
+    if name.startswith(LONG_GEN_PREFIXES):
+        return "long_gen"
     if name.endswith("_rsd") or name.startswith("weight_distance"):
         return "mechanism"
     return "gen"
@@ -122,38 +108,66 @@ def _check_row(row, where):
         raise ValueError(f"{where}: benchmark must be a non-empty string, got {row['benchmark']!r}")
     if not _is_number(row["score"]):
         raise ValueError(f"{where}: score must be a finite number, got {row['score']!r}")
-    if row.get("dataset") is not None and not isinstance(row["dataset"], str):
-        raise ValueError(f"{where}: dataset must be a string, got {row['dataset']!r}")
+    for k in ("dataset", "model", "run", "metric"):
+        if row.get(k) is not None and not isinstance(row[k], str):
+            raise ValueError(f"{where}: {k} must be a string, got {row[k]!r}")
     if row.get("group") is not None and row["group"] not in GROUPS:
         raise ValueError(f"{where}: group must be one of {', '.join(GROUPS)}, got {row['group']!r}")
     if row.get("higher_is_better") is not None and not isinstance(row["higher_is_better"], bool):
         raise ValueError(f"{where}: higher_is_better must be true or false, got {row['higher_is_better']!r}")
+    reg = row.get("regularizer") or "none"
+    if reg not in REGULARIZERS:
+        raise ValueError(f"{where}: regularizer must be one of {', '.join(REGULARIZERS)}, got {reg!r}")
+    value = row.get("reg_value")
+    if value is not None and (not _is_number(value) or value < 0):
+        raise ValueError(f"{where}: reg_value must be a finite number >= 0, got {value!r}")
+    if reg == "none" and value:
+        raise ValueError(f"{where}: reg_value {value!r} without a regularizer (regularizer is 'none')")
+    seed = row.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ValueError(f"{where}: seed must be an integer, got {seed!r}")
 
 
 def normalize_rows(rows):
-    """Validate rows, fill in dataset/group/higher_is_better, and keep the last row per (dataset, plw, benchmark)."""
+    """Validate rows and fill in the defaults (model "", dataset "default", regularizer "none", reg_value 0, seed 0,
+    metric "", group inferred, higher_is_better true). A run is its condition and seed: two rows of the same run and
+    benchmark are a re-run, and the LAST one in the file wins; every other pair of rows is kept."""
     last = {}
     for i, row in enumerate(rows):
         _check_row(row, f"row {i + 1}")
-        r = {
-            "dataset": row.get("dataset") or DEFAULT_DATASET,
-            "plw": float(row["plw"]),
-            "benchmark": row["benchmark"],
-            "score": float(row["score"]),
-            "group": row.get("group") or infer_group(row["benchmark"]),
-            "higher_is_better": True if row.get("higher_is_better") is None else row["higher_is_better"],
-        }
+        r = {"dataset": row.get("dataset") or DEFAULT_DATASET, "model": row.get("model") or "",
+             "regularizer": row.get("regularizer") or "none", "reg_value": float(row.get("reg_value") or 0),
+             "plw": float(row["plw"]), "seed": row.get("seed") or 0, "benchmark": row["benchmark"],
+             "metric": row.get("metric") or "", "score": float(row["score"]),
+             "group": row.get("group") or infer_group(row["benchmark"]),
+             "higher_is_better": True if row.get("higher_is_better") is None else row["higher_is_better"]}
         if row.get("run") is not None:
             r["run"] = row["run"]
-        last[(r["dataset"], r["plw"], r["benchmark"])] = r  # a re-run overwrites
+        last[run_key(r) + (r["benchmark"],)] = r  # a re-run overwrites
     # scaling and aggregating a benchmark only make sense if all its rows agree on what it is
     meta = {}
     for r in last.values():
-        m = meta.setdefault((r["dataset"], r["benchmark"]), (r["group"], r["higher_is_better"]))
-        if m != (r["group"], r["higher_is_better"]):
+        m = meta.setdefault((r["dataset"], r["benchmark"]), (r["group"], r["higher_is_better"], r["metric"]))
+        if m != (r["group"], r["higher_is_better"], r["metric"]):
             raise ValueError(f"dataset {r['dataset']!r}, benchmark {r['benchmark']!r}: rows disagree on "
-                             f"group/higher_is_better ({m} vs {(r['group'], r['higher_is_better'])})")
-    return sorted(last.values(), key=lambda r: (r["dataset"], r["plw"], r["benchmark"]))
+                             f"group/higher_is_better/metric ({m} vs "
+                             f"{(r['group'], r['higher_is_better'], r['metric'])}); give each metric its own "
+                             f"benchmark name")
+    return sorted(last.values(), key=lambda r: _order(r) + (r["benchmark"],))
+
+
+def condition_key(r):
+    return tuple(r[k] for k in CONDITION)
+
+
+def run_key(r):
+    return condition_key(r) + (r["seed"],)
+
+
+def _order(r):
+    # plain PLW runs first, then the regularizer variants; within each, by PLW
+    return (r["dataset"], r["model"], r["regularizer"] != "none", r["regularizer"], r["reg_value"], r["plw"],
+            r.get("seed", 0))
 
 
 def read_jsonl(path, check, what):
@@ -183,13 +197,14 @@ def load_scores(path):
 
 
 # -----------------------------------------------------------------------------
-# relative scores and the aggregate
+# relative scores and the aggregates
 
 def relative_scores(rows):
     """
-    Per (dataset, benchmark), min-max scale the score across PLW values into [0, 1], inverted when
-    higher_is_better is false. Returns the normalized rows (mechanism rows left out) with "wp" and "relative"
-    added; "relative" is None for a benchmark with the same score at every PLW (it is excluded from the aggregate).
+    Per (dataset, benchmark), min-max scale the score into [0, 1] over every run of that dataset (base models,
+    PLWs, regularizers and seeds pooled), inverted when higher_is_better is false. Returns the normalized rows
+    (mechanism rows left out) with "wp" and "relative" added; "relative" is None for a benchmark with the same score
+    in every run (it is excluded from the aggregates).
     """
     by_bench = {}
     for r in normalize_rows(rows):
@@ -205,23 +220,51 @@ def relative_scores(rows):
                 rel = (r["score"] - lo) / (hi - lo)
                 rel = rel if r["higher_is_better"] else 1.0 - rel
             out.append({**r, "wp": wp(r["plw"]), "relative": rel})
-    return sorted(out, key=lambda r: (r["dataset"], r["plw"], r["benchmark"]))
+    return sorted(out, key=lambda r: _order(r) + (r["benchmark"],))
+
+
+def group_members(group):
+    """The benchmark groups an aggregate over `group` averages: None = all of AGGREGATED, "I"/"II" = the paper's."""
+    if group is None:
+        return AGGREGATED
+    if group in PAPER_GROUPS:
+        return PAPER_GROUPS[group]
+    if group in AGGREGATED:
+        return (group,)
+    raise ValueError(f"aggregate group must be one of {', '.join(AGGREGATED + tuple(PAPER_GROUPS))} or None, "
+                     f"got {group!r}")
+
+
+def _spread(v):
+    v = np.asarray(v, dtype=np.float64)
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else None,
+            "min": float(v.min()), "max": float(v.max())}
 
 
 def aggregate(rows, group=None):
     """
-    The relative aggregate: per (dataset, PLW), the mean relative score over benchmarks (of `group`, if given:
-    "mc" or "gen"). Returns [{"dataset", "plw", "wp", "relative", "n"}] sorted by dataset then PLW; n is how
-    many benchmarks were averaged.
+    Per run, the relative aggregate (mean relative score over the benchmarks of `group` that vary) and the simple
+    aggregate (mean raw score over the same benchmarks); then per condition (dataset, model, regularizer,
+    reg_value, PLW) the mean over seeds with the seeds' sd (None for one seed), min and max. Returns
+    [{"dataset", "model", "regularizer", "reg_value", "plw", "wp", "relative", "sd", "min", "max", "simple",
+    "simple_sd", "seeds", "n"}] in the order of the table (plain PLW runs first); n = benchmarks averaged.
     """
-    if group is not None and group not in AGGREGATED:
-        raise ValueError(f"aggregate group must be one of {', '.join(AGGREGATED)} or None, got {group!r}")
-    cells = {}
+    members = group_members(group)
+    runs = {}
     for r in relative_scores(rows):
-        if r["relative"] is not None and group in (None, r["group"]):
-            cells.setdefault((r["dataset"], r["plw"]), []).append(r["relative"])
-    return [{"dataset": d, "plw": p, "wp": wp(p), "relative": float(np.mean(v)), "n": len(v)}
-            for (d, p), v in sorted(cells.items())]
+        if r["relative"] is not None and r["group"] in members:
+            runs.setdefault(run_key(r), []).append(r)
+    conds = {}
+    for key, rs in runs.items():
+        conds.setdefault(key[:-1], []).append((np.mean([r["relative"] for r in rs]), np.mean([r["score"] for r in rs]),
+                                              len(rs)))
+    out = []
+    for key, v in conds.items():
+        rel, simple = _spread([x[0] for x in v]), _spread([x[1] for x in v])
+        out.append({**dict(zip(CONDITION, key)), "wp": wp(key[-1]), "relative": rel["mean"], "sd": rel["sd"],
+                    "min": rel["min"], "max": rel["max"], "simple": simple["mean"], "simple_sd": simple["sd"],
+                    "seeds": len(v), "n": max(x[2] for x in v)})
+    return sorted(out, key=_order)
 
 
 # -----------------------------------------------------------------------------
@@ -273,54 +316,173 @@ def _null_fit(reason):
 
 
 # -----------------------------------------------------------------------------
+# the beta regression: is the quadratic real, and where is its vertex?
+
+BETA_KEYS = ("n", "benchmarks", "models", "b1", "se_b1", "b2", "se_b2", "z", "p", "phi", "loglik", "vertex_wp",
+             "vertex_se", "critical_plw", "ci_wp", "ci_plw", "ci_clipped", "reason")
+
+
+def beta_design(obs):
+    """(y, X, column names) of the beta regression on relative scores obs (none None): y squeezed into (0, 1);
+    X = intercept (the first benchmark and model), the other benchmarks' and models' offsets, w_p, w_p^2."""
+    benches = sorted({r["benchmark"] for r in obs})
+    models = sorted({r["model"] for r in obs})
+    w = np.array([r["wp"] for r in obs])
+    cols = [np.ones_like(w)]
+    cols += [np.array([r["benchmark"] == b for r in obs], dtype=np.float64) for b in benches[1:]]
+    cols += [np.array([r["model"] == m for r in obs], dtype=np.float64) for m in models[1:]]
+    names = ["intercept"] + [f"benchmark[{b}]" for b in benches[1:]] + [f"model[{m}]" for m in models[1:]]
+    return squeeze([r["relative"] for r in obs]), np.column_stack(cols + [w, w * w]), names + ["w_p", "w_p^2"]
+
+
+def beta_quadratic(rel_rows):
+    """
+    Beta regression of relative scores (rows of relative_scores; None ones are skipped), squeezed into (0, 1):
+        logit(mu) = benchmark effects [+ base-model effects] + b1 w_p + b2 w_p^2,   log(phi) = constant
+    Returns a dict of BETA_KEYS: the Wald z and p of b2; the vertex w* = -b1 / (2 b2) with a delta-method 95%
+    interval clipped to the fitted w_p range, both mapped to PLW. critical_plw (and the interval) only when b2 < 0
+    and w* lies in that range; reason says why not otherwise.
+    """
+    out = dict.fromkeys(BETA_KEYS)
+    obs = [r for r in rel_rows if r["relative"] is not None]
+    plws = {r["plw"] for r in obs}
+    if len(plws) < 3:
+        out["reason"] = f"needs at least 3 distinct PLW values with a varying benchmark, got {len(plws)}"
+        return out
+    y, X, _ = beta_design(obs)
+    k = X.shape[1]
+    out.update(n=len(obs), benchmarks=len({r["benchmark"] for r in obs}), models=len({r["model"] for r in obs}))
+    if len(obs) <= k + 1:
+        out["reason"] = f"{len(obs)} scores for {k + 1} parameters"
+        return out
+    try:
+        f = fit_beta(y, X)
+    except ValueError as e:
+        out["reason"] = str(e)
+        return out
+    b1, b2 = (float(v) for v in f["params"][-2:])
+    se1, se2 = (float(v) for v in f["se"][-2:])
+    z, p = wald(b2, se2)
+    out.update(b1=b1, se_b1=se1, b2=b2, se_b2=se2, z=z, p=p, phi=f["phi"], loglik=f["loglik"])
+    lo, hi = float(X[:, -2].min()), float(X[:, -2].max())
+    if b2 >= 0:
+        out["reason"] = f"not concave (b2 = {b2:+.3g} >= 0): no maximum inside the grid"
+        return out
+    v, se, (clo, chi) = vertex(b1, b2, f["cov"][k - 2:k, k - 2:k])
+    out.update(vertex_wp=v, vertex_se=se)
+    if not lo <= v <= hi:
+        out["reason"] = f"vertex w_p = {v:.3g} lies outside the fitted grid [{lo:.3g}, {hi:.3g}]"
+        return out
+    ci = [max(clo, lo), min(chi, hi)]
+    out.update(critical_plw=plw_from_wp(v), ci_wp=ci, ci_plw=[plw_from_wp(c) for c in ci],
+               ci_clipped=[bool(clo < lo), bool(chi > hi)])
+    return out
+
+
+# -----------------------------------------------------------------------------
 # everything per dataset, as one JSON-able dict
+
+def _views(varying):
+    """The groups reported beside the aggregate over all benchmarks: the paper's groups present, then each finer
+    group whose benchmarks differ from every earlier view's. varying: {benchmark: group} of benchmarks that vary."""
+    views, seen = [], []
+    for g in tuple(PAPER_GROUPS) + AGGREGATED:
+        members = {b for b, bg in varying.items() if bg in group_members(g)}
+        if members and members not in seen:
+            views.append(g)
+            seen.append(members)
+    return views
+
+
+def regularizer_rows(per):
+    """The paper's Fig. 8 for one dataset, per base model: each regularizer variant's relative aggregate beside
+    plain PLW 0, PLW 1 and the best plain PLW; delta = minus plain PLW 0's. per: {group: {condition key: aggregate}}."""
+    out = []
+    for m in sorted({key[1] for key in per[None]}):
+        conds = [a for key, a in per[None].items() if key[1] == m]
+        plain = {a["plw"]: a for a in conds if a["regularizer"] == "none"}
+        regs = [a for a in conds if a["regularizer"] != "none"]
+        if not regs:
+            continue
+        best = max(plain.values(), key=lambda a: a["relative"]) if plain else None
+        refs = [("PLW 0", plain.get(0.0)), ("PLW 1", plain.get(1.0)),
+                (f"best PLW ({best['plw']:g})" if best else "best PLW", best)]
+        refs += [(f"{a['regularizer']} {a['reg_value']:g}", a) for a in regs]
+        base = plain.get(0.0)
+        for label, a in refs:
+            if a is None:
+                continue
+            key = condition_key(a)
+            out.append({"label": label, **{k: a[k] for k in ("model", "regularizer", "reg_value", "plw", "relative",
+                                                             "sd", "min", "max", "seeds")},
+                        **{g: per[g].get(key, {}).get("relative") for g in PAPER_GROUPS},
+                        "delta": None if base is None else round(a["relative"] - base["relative"], 12) + 0.0})
+    return out
+
 
 def analyze(rows):
     """
-    The whole analysis: {"datasets": {name: {"fit", "fit_by_group", "benchmarks", "excluded", "table"}}}.
-    "fit" is on the relative aggregate over mc + gen; "table" has one entry per PLW (ascending) with raw scores.
-    Raises ValueError when a dataset has fewer than 3 PLW values or no benchmark that varies with PLW.
+    The whole analysis: {"datasets": {name: {"benchmarks", "excluded", "table", "fit", "fit_by_group", "beta",
+    "regularizers"}}}. "table" has one entry per plain-PLW condition (model, PLW; seeds averaged) with the relative
+    aggregate over all benchmarks ("relative", its seeds' sd/min/max), per group (keys of AGGREGATED and "I", "II"),
+    the simple aggregates and the raw scores. "fit" and "beta" ("all" and per view) are on plain-PLW runs only;
+    "regularizers" compares the variants (empty without any). Raises ValueError when a dataset has fewer than 3
+    plain PLW values or no benchmark that varies.
     """
     rows = normalize_rows(rows)
     rel = relative_scores(rows)
-    aggs = {g: aggregate(rows, g) for g in (None,) + AGGREGATED}
+    aggs = {g: aggregate(rows, g) for g in (None,) + AGGREGATED + tuple(PAPER_GROUPS)}
     result = {"datasets": {}}
     for d in sorted({r["dataset"] for r in rows}):
         drows = [r for r in rows if r["dataset"] == d]
+        drel = [r for r in rel if r["dataset"] == d]
         benchmarks = {}
         for r in sorted(drows, key=lambda r: (GROUPS.index(r["group"]), r["benchmark"])):
-            benchmarks[r["benchmark"]] = {"group": r["group"], "higher_is_better": r["higher_is_better"]}
-        excluded = sorted({r["benchmark"] for r in rel if r["dataset"] == d and r["relative"] is None})
-        per = {g: {a["plw"]: a for a in aggs[g] if a["dataset"] == d} for g in aggs}
-        plws = sorted({r["plw"] for r in drows})
+            benchmarks[r["benchmark"]] = {"group": r["group"], "higher_is_better": r["higher_is_better"],
+                                          "metric": r["metric"]}
+        excluded = sorted({r["benchmark"] for r in drel if r["relative"] is None})
+        plain = [r for r in drows if r["regularizer"] == "none"]
+        plws = sorted({r["plw"] for r in plain})
         if len(plws) < 3:
             raise ValueError(f"dataset {d!r}: a quadratic fit needs at least 3 distinct PLW values, got "
                              f"{len(plws)} ({', '.join(f'{p:g}' for p in plws)})")
+        views = _views({r["benchmark"]: r["group"] for r in drel if r["relative"] is not None})
+        if not views:
+            raise ValueError(f"dataset {d!r}: no benchmark varies across runs, nothing to aggregate")
+        per = {g: {condition_key(a): a for a in aggs[g] if a["dataset"] == d} for g in aggs}
+        cells = {}
+        for r in plain:
+            cells.setdefault(condition_key(r), {}).setdefault(r["benchmark"], {})[r["seed"]] = r["score"]
         table = []
-        for p in plws:
-            entry = {"plw": p, "wp": wp(p), "relative": per[None].get(p, {}).get("relative"),
-                     "n": per[None].get(p, {}).get("n", 0)}
-            for g in AGGREGATED:
-                entry[g] = per[g].get(p, {}).get("relative")
-            entry["scores"] = {r["benchmark"]: r["score"] for r in drows if r["plw"] == p}
+        for key, scores in cells.items():  # plain rows are sorted, so are their conditions
+            a = per[None].get(key, {})
+            entry = {"model": key[1], "plw": key[-1], "wp": wp(key[-1]), "relative": a.get("relative"),
+                     "sd": a.get("sd"), "min": a.get("min"), "max": a.get("max"),
+                     "seeds": len({s for v in scores.values() for s in v}), "n": a.get("n", 0)}
+            entry.update({g: per[g].get(key, {}).get("relative") for g in AGGREGATED + tuple(PAPER_GROUPS)})
+            entry["simple"] = {str(g or "all"): per[g].get(key, {}).get("simple") for g in (None,) + tuple(PAPER_GROUPS)}
+            entry["scores"] = {b: float(np.mean(list(v.values()))) for b, v in sorted(scores.items())}
             table.append(entry)
         pts = [(e["wp"], e["relative"]) for e in table if e["relative"] is not None]
-        if not pts:
-            raise ValueError(f"dataset {d!r}: no mc/gen benchmark varies with PLW, nothing to aggregate")
         try:
             fit = fit_quadratic(*zip(*pts))
         except ValueError as e:  # e.g. only 2 PLW values where a benchmark varies
             raise ValueError(f"dataset {d!r}: {e}") from None
         by_group = {}
-        for g in AGGREGATED:
+        for g in views:
             gp = [(e["wp"], e[g]) for e in table if e[g] is not None]
-            if any(b["group"] == g for b in benchmarks.values()):
-                try:
-                    by_group[g] = fit_quadratic(*zip(*gp)) if gp else _null_fit(f"no {g} benchmark varies with PLW")
-                except ValueError as e:
-                    by_group[g] = _null_fit(str(e))
-        result["datasets"][d] = {"fit": fit, "fit_by_group": by_group, "benchmarks": benchmarks,
-                                 "excluded": excluded, "table": table}
+            try:
+                by_group[g] = fit_quadratic(*zip(*gp))
+            except ValueError as e:
+                by_group[g] = _null_fit(str(e))
+        prel = [r for r in drel if r["regularizer"] == "none"]
+        beta = {"all": beta_quadratic(prel)}
+        for g in views:
+            obs = [r for r in prel if r["group"] in group_members(g)]
+            # a view with every benchmark (e.g. Group I when all are multiple choice) is the same model: not refit
+            beta[g] = {**beta["all"], "same_as": "all"} if len(obs) == len(prel) else beta_quadratic(obs)
+        result["datasets"][d] = {"benchmarks": benchmarks, "excluded": excluded, "table": table, "fit": fit,
+                                 "fit_by_group": by_group, "beta": beta, "regularizers": regularizer_rows(per)}
     return result
 
 
@@ -407,35 +569,87 @@ def format_fit(fit, what="rel. aggregate"):
     return s + f": no critical PLW ({fit['reason']})"
 
 
+VIEW_NAMES = {"all": "all benchmarks", "I": "Group I (mc + short_gen)", "II": "Group II (long_gen)"}
+
+
+def format_beta(b, what):
+    """One line: the beta regression's quadratic term, its test and the critical PLW with its interval."""
+    if b.get("same_as"):
+        return f"{what}: the same scores as {VIEW_NAMES[b['same_as']]}"
+    if b["b2"] is None:
+        return f"{what}: no beta regression ({b['reason']})"
+    s = (f"{what} (n = {b['n']} scores, {_count(b['benchmarks'], 'benchmark')}, {_count(b['models'], 'model')}): "
+         f"b1 = {b['b1']:.3g} (SE {b['se_b1']:.2g}), b2 = {b['b2']:.3g} (SE {b['se_b2']:.2g}), "
+         f"z = {b['z']:.2f}, p = {b['p']:.3g}")
+    s += " (significant at 0.05)" if b["p"] < 0.05 else " (not significant at 0.05)"
+    if b["critical_plw"] is None:
+        return s + f"; no critical PLW ({b['reason']})"
+    lo, hi = b["ci_plw"]
+    clipped = " (clipped to the grid)" if any(b["ci_clipped"]) else ""
+    return s + (f"; **critical PLW = {b['critical_plw']:.3g}**, 95% CI [{lo:.3g}, {hi:.3g}]{clipped} from the "
+                f"delta-method interval of the vertex w_p = {b['vertex_wp']:.3f} ± {Z95 * b['vertex_se']:.3f} (95%)")
+
+
+def _count(n, what):
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def markdown_regularizers(regs):
+    multi = len({r["model"] for r in regs}) > 1
+    groups = [g for g in PAPER_GROUPS if any(r[g] is not None for r in regs)]
+    header = ((["model"] if multi else []) + ["condition", "PLW", "rel. aggregate", "± sd", "seeds"]
+              + [f"rel. {g}" for g in groups] + ["Δ vs PLW 0"])
+    lines = ["Regularizers vs PLW (the paper's Fig. 8; relative aggregate over all benchmarks):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * (1 + multi) + "---:|" * (len(header) - 1 - multi)]
+    for r in regs:
+        cells = ([r["model"]] if multi else []) + [r["label"], f"{r['plw']:g}", _fmt(r["relative"], ".3f"),
+                                                   _fmt(r["sd"], ".3f"), str(r["seeds"])]
+        cells += [_fmt(r[g], ".3f") for g in groups] + [_fmt(r["delta"], "+.3f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown_table(result):
-    """Markdown for analyze()'s result: per dataset, one row per PLW with raw scores and relative aggregates."""
+    """Markdown for analyze()'s result: per dataset, one row per plain-PLW condition with raw scores and the
+    aggregates, the fits, the beta regressions and the regularizer comparison."""
     lines = []
     datasets = result["datasets"]
     for d, res in datasets.items():
         if len(datasets) > 1 or d != DEFAULT_DATASET:
             lines += [f"### {d}", ""]
         benches = list(res["benchmarks"])
-        groups = [g for g in AGGREGATED if g in res["fit_by_group"]]
+        views = list(res["fit_by_group"])
+        simple = [g for g in PAPER_GROUPS if g in views]
+        multi = len({e["model"] for e in res["table"]}) > 1
         names = [b + ("" if res["benchmarks"][b]["higher_is_better"] else " ↓") for b in benches]
-        header = ["PLW", "w_p"] + names + ["rel. aggregate"] + [f"rel. {g}" for g in groups]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+        header = ((["model"] if multi else []) + ["PLW", "w_p"] + names + ["rel. aggregate", "± sd", "seeds"]
+                  + [f"rel. {g}" for g in views] + [f"simple {g}" for g in simple])
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * multi + "---:|" * (len(header) - multi)]
         for e in res["table"]:
-            cells = [f"{e['plw']:g}", f"{e['wp']:.3f}"] + [_fmt(e["scores"].get(b)) for b in benches]
-            cells += [_fmt(e["relative"], ".3f")] + [_fmt(e[g], ".3f") for g in groups]
+            cells = (([e["model"]] if multi else []) + [f"{e['plw']:g}", f"{e['wp']:.3f}"]
+                     + [_fmt(e["scores"].get(b)) for b in benches]
+                     + [_fmt(e["relative"], ".3f"), _fmt(e["sd"], ".3f"), str(e["seeds"])]
+                     + [_fmt(e[g], ".3f") for g in views] + [_fmt(e["simple"][g]) for g in simple])
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines.append("rel.: each benchmark min-max scaled over all runs of the dataset, then averaged; ± sd: over "
+                     "seeds (- for one seed); simple: mean raw score. Group I = mc + short_gen, II = long_gen.  ")
         if any(not res["benchmarks"][b]["higher_is_better"] for b in benches):
             lines.append("↓ lower is better (inverted in the relative scores).  ")
         if res["excluded"]:
-            lines.append(f"Same score at every PLW, left out of the aggregate: {', '.join(res['excluded'])}.  ")
+            lines.append(f"Same score in every run, left out of the aggregates: {', '.join(res['excluded'])}.  ")
         if len({e["n"] for e in res["table"]}) > 1:
             lines.append("Not every benchmark has a score at every PLW: each aggregate averages the ones present.  ")
         mech = [b for b in benches if res["benchmarks"][b]["group"] == "mechanism"]
         if mech:
             lines.append(f"Mechanism metrics (not aggregated): {', '.join(mech)}.  ")
-        lines += ["", "Fit: " + format_fit(res["fit"])]
+        lines += ["", "Fit (least squares, a quick view): " + format_fit(res["fit"])]
         lines += [f"- {format_fit(f, 'rel. ' + g)}" for g, f in res["fit_by_group"].items()]
+        lines += ["", "Significance (beta regression, logit(mu) = benchmark + b1·w_p + b2·w_p², Wald test of b2):"]
+        lines += [f"- {format_beta(b, VIEW_NAMES.get(g, g))}" for g, b in res["beta"].items()]
         lines.append("")
+        if res["regularizers"]:
+            lines += markdown_regularizers(res["regularizers"])
     return "\n".join(lines)
 
 
@@ -460,20 +674,21 @@ def _slug(name):
 
 def _plw_axis(ax, table):
     # w_p below, the PLW each grid point came from on top: the fit lives in w_p, the knob people set is PLW
-    x = [e["wp"] for e in table]
+    plws = sorted({e["plw"] for e in table})
     top = ax.twiny()
     top.set_xlim(ax.get_xlim())
-    top.set_xticks(x)
-    top.set_xticklabels([f"{e['plw']:g}" for e in table], fontsize=7, rotation=90)
+    top.set_xticks([wp(p) for p in plws])
+    top.set_xticklabels([f"{p:g}" for p in plws], fontsize=7, rotation=90)
     top.set_xlabel("PLW")
     ax.set_xlabel("w_p = PLW^log10(2)")
 
 
 def make_figures(result, out_dir):
     """
-    PNGs per dataset: fit_<dataset>.png (relative aggregate, per group, and their fitted quadratics vs w_p) and,
-    when there are mechanism rows, mechanism_<dataset>.png (each mechanism metric vs PLW). Returns the paths
-    written, or [] with a one-line note on stderr when matplotlib is not installed.
+    PNGs per dataset: fit_<dataset>.png (relative aggregate, per group, and their fitted quadratics vs w_p),
+    mechanism_<dataset>.png when there are mechanism rows (each vs PLW) and regularizers_<dataset>.png when there
+    are regularizer runs (the paper's Fig. 8). Returns the paths written, or [] with a one-line note on stderr when
+    matplotlib is not installed.
     """
     try:
         from matplotlib.figure import Figure  # no pyplot: no global backend or figure state to leak
@@ -485,30 +700,30 @@ def make_figures(result, out_dir):
 
     def save(fig, name):
         path = os.path.join(out_dir, name)
-        from util import atomic_write
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
         written.append(path)
 
-    colors = {None: "black", "mc": "tab:blue", "gen": "tab:orange"}
     for d, res in result["datasets"].items():
         table = res["table"]
         fig = Figure(figsize=(6.4, 4.6), layout="constrained")  # constrained: room for the twin PLW axis
         ax = fig.add_subplot()
-        fits = [(None, "rel. aggregate", "relative", res["fit"])]
-        fits += [(g, f"rel. {g}", g, f) for g, f in res["fit_by_group"].items()]
-        for g, label, col, fit in fits:
+        fits = [("relative", "rel. aggregate", res["fit"], "black")]
+        fits += [(g, f"rel. {g}", f, f"C{i}") for i, (g, f) in enumerate(res["fit_by_group"].items())]
+        for col, label, fit, color in fits:
+            main = col == "relative"
             pts = [(e["wp"], e[col]) for e in table if e[col] is not None]
             if not pts:
                 continue
-            ax.plot(*zip(*pts), "o", color=colors[g], label=label, ms=5 if g is None else 3.5,
-                    alpha=1 if g is None else 0.7)
+            ax.plot(*zip(*pts), "o", color=color, label=label, ms=5 if main else 3.5, alpha=1 if main else 0.7)
             if fit["a"] is not None:
                 xs = np.linspace(*fit["wp_range"], 201)
-                ax.plot(xs, fit["a"] * xs**2 + fit["b"] * xs + fit["c"], "-", color=colors[g],
-                        lw=1.8 if g is None else 1, alpha=1 if g is None else 0.7)
-        if res["fit"]["critical_plw"] is not None:
-            ax.axvline(res["fit"]["vertex_wp"], ls="--", color="gray", lw=1,
-                       label=f"critical PLW = {res['fit']['critical_plw']:.3g}")
+                ax.plot(xs, fit["a"] * xs**2 + fit["b"] * xs + fit["c"], "-", color=color, lw=1.8 if main else 1,
+                        alpha=1 if main else 0.7)
+        b = res["beta"]["all"]
+        if b["critical_plw"] is not None:
+            ax.axvline(b["vertex_wp"], ls="--", color="gray", lw=1,
+                       label=f"critical PLW (beta) = {b['critical_plw']:.3g}, p = {b['p']:.2g}")
+            ax.axvspan(*b["ci_wp"], color="gray", alpha=0.12)
         ax.set_ylabel("relative score (min-max per benchmark)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -521,15 +736,33 @@ def make_figures(result, out_dir):
             cols = min(4, len(mech))  # a grid, so that many metrics stay readable
             rows = -(-len(mech) // cols)
             fig = Figure(figsize=(3.6 * cols, 3.4 * rows), layout="constrained")
-            for i, b in enumerate(mech):
+            for i, name in enumerate(mech):
                 ax = fig.add_subplot(rows, cols, i + 1)
-                pts = [(e["wp"], e["scores"][b]) for e in table if b in e["scores"]]
-                ax.plot(*zip(*pts), "o-", color="tab:green", ms=4)
-                ax.set_ylabel(b)
+                for j, m in enumerate(sorted({e["model"] for e in table})):
+                    pts = [(e["wp"], e["scores"][name]) for e in table if e["model"] == m and name in e["scores"]]
+                    if pts:
+                        ax.plot(*zip(*pts), "o-", color=f"C{j + 2}", ms=4, label=m or None)
+                ax.set_ylabel(name)
                 ax.grid(alpha=0.3)
                 _plw_axis(ax, table)
             fig.suptitle(f"{d}: mechanism metrics vs PLW", fontsize=10)
             save(fig, f"mechanism_{_slug(d)}.png")
+
+        regs = res["regularizers"]
+        if regs:
+            fig = Figure(figsize=(6.4, 0.9 + 0.32 * len(regs)), layout="constrained")
+            ax = fig.add_subplot()
+            y = np.arange(len(regs))[::-1]
+            labels = [(f"{r['model']}: " if r["model"] else "") + r["label"] + ("" if r["label"].startswith(("PLW", "best"))
+                                                                                 else f" @ PLW {r['plw']:g}") for r in regs]
+            ax.barh(y, [r["relative"] for r in regs], xerr=[r["sd"] or 0 for r in regs],
+                    color=["gray" if r["regularizer"] == "none" else "tab:blue" for r in regs])
+            ax.set_yticks(y)
+            ax.set_yticklabels(labels, fontsize=8)
+            ax.set_xlabel("relative aggregate (± sd over seeds)")
+            ax.grid(alpha=0.3, axis="x")
+            fig.suptitle(f"{d}: regularizers vs PLW", fontsize=10)
+            save(fig, f"regularizers_{_slug(d)}.png")
     return written
 
 
@@ -552,10 +785,8 @@ def run(args):
         print(n, file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else md, end="\n" if args.json else "")
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        from util import atomic_write
         atomic_write(os.path.join(args.out, "table.md"), lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
-        atomic_write(os.path.join(args.out, "fit.json"), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+        write_json(os.path.join(args.out, "fit.json"), result)
         written = [os.path.join(args.out, n) for n in ("table.md", "fit.json")]
         if "datasets" in result:
             written += make_figures(result, args.out)
@@ -564,7 +795,8 @@ def run(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Relative scores, quadratic fit in w_p and critical PLW of a PLW sweep.")
+    p = argparse.ArgumentParser(description="Aggregates, quadratic fit, beta regression and critical PLW of a PLW "
+                                            "study, and its regularizer comparison.")
     p.add_argument("--scores", help="scores.jsonl written by the sweep")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of Markdown")
     p.add_argument("--out", help="directory for table.md, fit.json and the PNG figures")
@@ -575,10 +807,10 @@ def main(argv=None):
         p.error("give --scores and/or --log")
     try:
         return run(args)
-    except (OSError, ValueError) as e:  # bad input: one line, no traceback
+    except (OSError, ValueError) as e:  # bad input: one line, no traceback (sweep.py and the tests call main)
         print(f"analyze.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main, "analyze.py")

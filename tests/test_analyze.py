@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from eval.analyze import (PAPER_PLWS, aggregate, analyze, fit_quadratic, infer_group, load_log, loss_rsd, main,
-                          make_figures, markdown_table, plw_from_wp, relative_scores, wp)
+                          make_figures, markdown_table, normalize_rows, plw_from_wp, relative_scores, wp)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "eval", "analyze.py")
@@ -296,3 +296,127 @@ def test_figures_without_matplotlib(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     assert make_figures(analyze(sweep_rows()), str(tmp_path)) == []
     assert "matplotlib" in capsys.readouterr().err and os.listdir(tmp_path) == []
+
+
+# -----------------------------------------------------------------------------
+# conditions: model, dataset, PLW, regularizer + value, seed
+
+def cond_rows():
+    """One benchmark (arc_challenge, mc) on dataset 'd': plain PLW 0 / 0.1 / 1 (PLW 0 with seeds 0, 1, 2), weight
+    decay 0.1 at PLW 0 and dropout 0.05 at PLW 0 and 1. Scores chosen so the min-max scale is 0.2 .. 0.6."""
+    def row(plw, score, **kw):
+        return {"dataset": "d", "plw": plw, "benchmark": "arc_challenge", "score": score, **kw}
+    return [
+        row(0.0, 0.30), row(0.0, 0.40, seed=1), row(0.0, 0.20, seed=2),     # plain PLW 0: rel 0.25, 0.5, 0
+        row(0.1, 0.60), row(1.0, 0.50),                                    # rel 1, 0.75
+        row(0.0, 0.50, regularizer="weight_decay", reg_value=0.1),          # rel 0.75, same PLW as plain PLW 0
+        row(0.0, 0.40, regularizer="dropout", reg_value=0.05),             # rel 0.5
+        row(1.0, 0.30, regularizer="dropout", reg_value=0.05),             # rel 0.25
+        row(0.0, 0.55, regularizer="dropout", reg_value=0.05, seed=1),      # rel 0.875 -> dropout @0: 0.6875
+    ]
+
+
+def test_conditions_never_collide():
+    rows = normalize_rows(cond_rows())
+    assert len(rows) == 9  # every row is its own run
+    keys = {(r["regularizer"], r["reg_value"], r["plw"], r["seed"]) for r in rows}
+    assert len(keys) == 9
+    # a re-run of the same run and benchmark still replaces the earlier row
+    again = normalize_rows(cond_rows() + [{"dataset": "d", "plw": 0.0, "benchmark": "arc_challenge", "score": 0.35,
+                                           "seed": 1}])
+    assert len(again) == 9 and [r["score"] for r in again if r["plw"] == 0 and r["seed"] == 1
+                                and r["regularizer"] == "none"] == [0.35]
+
+
+def test_old_rows_get_the_default_condition():
+    r = normalize_rows([{"plw": 0.1, "benchmark": "piqa", "score": 0.5}])[0]
+    assert (r["model"], r["dataset"], r["regularizer"], r["reg_value"], r["seed"], r["metric"]) == \
+        ("", "default", "none", 0.0, 0, "")
+
+
+def test_seeds_are_averaged_with_their_spread():
+    agg = {(a["regularizer"], a["plw"]): a for a in aggregate(cond_rows())}
+    plain0 = agg[("none", 0.0)]
+    assert plain0["seeds"] == 3 and plain0["relative"] == pytest.approx(0.25)
+    assert plain0["sd"] == pytest.approx(0.25) and (plain0["min"], plain0["max"]) == pytest.approx((0, 0.5))
+    assert plain0["simple"] == pytest.approx(0.30)
+    assert agg[("none", 0.1)]["sd"] is None and agg[("none", 0.1)]["seeds"] == 1
+    assert agg[("weight_decay", 0.0)]["relative"] == pytest.approx(0.75)
+    assert agg[("dropout", 0.0)]["relative"] == pytest.approx(0.6875)
+    assert [(a["regularizer"], a["plw"]) for a in aggregate(cond_rows())] == [
+        ("none", 0.0), ("none", 0.1), ("none", 1.0), ("dropout", 0.0), ("dropout", 1.0), ("weight_decay", 0.0)]
+
+
+def test_regularizer_table_hand_checked():
+    res = analyze(cond_rows())["datasets"]["d"]
+    assert [e["plw"] for e in res["table"]] == [0.0, 0.1, 1.0]  # plain runs only
+    regs = [(r["label"], r["relative"], r["delta"]) for r in res["regularizers"]]
+    assert regs == [("PLW 0", pytest.approx(0.25), pytest.approx(0)), ("PLW 1", pytest.approx(0.75), pytest.approx(0.5)),
+                    ("best PLW (0.1)", pytest.approx(1.0), pytest.approx(0.75)),
+                    ("dropout 0.05", pytest.approx(0.6875), pytest.approx(0.4375)),
+                    ("dropout 0.05", pytest.approx(0.25), pytest.approx(0.0)),
+                    ("weight_decay 0.1", pytest.approx(0.75), pytest.approx(0.5))]
+    assert [r["plw"] for r in res["regularizers"]][3:] == [0.0, 1.0, 0.0]
+    md = markdown_table(analyze(cond_rows()))
+    assert "Regularizers vs PLW" in md and "| dropout 0.05 | 1 | 0.250 |" in md and "| ± sd | seeds |" in md
+    assert "Regularizers" not in markdown_table(analyze(SMALL))
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ({"regularizer": "l2"}, "regularizer must be one of"),
+    ({"reg_value": 0.1}, "without a regularizer"),
+    ({"regularizer": "dropout", "reg_value": -1}, "reg_value must be"),
+    ({"seed": 1.5}, "seed must be an integer"),
+    ({"model": 7}, "model must be a string"),
+    ({"group": "gen_long"}, "group must be one of"),
+])
+def test_bad_condition_fields(bad, needle):
+    with pytest.raises(ValueError, match=needle):
+        normalize_rows([{"plw": 0.1, "benchmark": "piqa", "score": 0.5, **bad}])
+
+
+def test_metric_disagreement_is_refused():
+    rows = [{"plw": p, "benchmark": "arc_easy", "score": p, "metric": "acc"} for p in (0, 0.1, 1)]
+    rows[2]["metric"] = "acc_norm"
+    with pytest.raises(ValueError, match="own benchmark name"):
+        normalize_rows(rows)
+
+
+def test_paper_groups_and_pooled_models():
+    # two base models pooled in one min-max scale per benchmark; Group I = mc + short_gen, Group II = long_gen
+    rows = []
+    for model, off in (("llama1", 0.0), ("llama2", 0.1)):
+        for p, (mc, wmt, ae) in {0.0: (0.2, 10, 0.5), 0.1: (0.4, 30, 0.3), 1.0: (0.3, 20, 0.7)}.items():
+            rows += [{"model": model, "plw": p, "benchmark": "arc_challenge", "score": mc + off},
+                     {"model": model, "plw": p, "benchmark": "wmt16_en_de", "score": wmt},
+                     {"model": model, "plw": p, "benchmark": "alpaca_eval", "score": ae}]
+    assert [infer_group(b) for b in ("arc_challenge", "wmt16_en_de", "truthfulqa_gen", "alpaca_eval", "pandalm")] \
+        == ["mc", "short_gen", "short_gen", "long_gen", "long_gen"]
+    one = {(a["model"], a["plw"]): a for a in aggregate(rows, "I")}
+    # arc pooled over both models: 0.2 .. 0.5; wmt 10 .. 30
+    assert one[("llama1", 0.0)]["relative"] == pytest.approx((0 + 0) / 2)
+    assert one[("llama2", 0.1)]["relative"] == pytest.approx((1 + 1) / 2)
+    assert one[("llama1", 1.0)]["relative"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert one[("llama1", 1.0)]["simple"] == pytest.approx((0.3 + 20) / 2)
+    two = {(a["model"], a["plw"]): a["relative"] for a in aggregate(rows, "II")}
+    assert two[("llama2", 0.1)] == pytest.approx(0) and two[("llama1", 1.0)] == pytest.approx(1)
+    res = analyze(rows)["datasets"]["default"]
+    assert list(res["fit_by_group"]) == ["I", "II", "mc", "short_gen"] and len(res["table"]) == 6
+    assert res["beta"]["all"]["models"] == 2 and res["beta"]["II"]["n"] == 6
+    md = markdown_table(analyze(rows))
+    assert "| model | PLW | w_p |" in md and "| rel. I | rel. II |" in md and "Group II (long_gen)" in md
+
+
+def test_cli_on_the_study_scores(capsys):
+    assert main(["--scores", os.path.join(ROOT, "docs", "study", "scores.jsonl")]) == 0
+    text = capsys.readouterr().out
+    assert "| rel. aggregate | ± sd | seeds | rel. I | simple I |" in text
+    assert "| 0.0005 | 0.101 | 0.234 | 0.28 | 0.474 |" in text and "| 0.265 | - | 1 | 0.265 |" in text
+    assert "critical PLW = 0.189" in text  # the least-squares quick view, unchanged
+    assert "z = -0.89, p = 0.376 (not significant at 0.05)" in text
+
+
+def test_regularizer_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    names = sorted(os.path.basename(f) for f in make_figures(analyze(cond_rows()), str(tmp_path)))
+    assert names == ["fit_d.png", "regularizers_d.png"]
