@@ -25,9 +25,10 @@ class ConfigError(DataError):
 
 def config_help(defaults, source):
     """`--key=default  comment` for every key, the comments read from the `key = value  # comment` lines of the
-    source file (a comment continued on the next lines, indented under the first, is joined)."""
+    source file(s) (a comment continued on the next lines, indented under the first, is joined)."""
     comments, last = {}, None
-    for line in Path(source).read_text().splitlines():
+    lines = [l for f in ([source] if isinstance(source, (str, Path)) else source) for l in Path(f).read_text().splitlines()]
+    for line in lines:
         m = re.match(r"^(\w+)\s*=.*?#\s?(.*)$", line)
         if m and m.group(1) in defaults:
             last = m.group(1)

@@ -1,187 +1,227 @@
 """
-Run the paper's experiment: fine-tune at each prompt loss weight, evaluate every run, analyze the grid.
+Run the paper's experiment: fine-tune one run per condition, evaluate every run, analyze the grid.
 
     python sweep.py configs/tiny_sweep.py                          # the CPU-sized sweep, a few minutes
-    python sweep.py configs/short_plw01.py --plw=0,0.01,0.1,1      # the paper's runs (GPUs), a sub-grid
+    python sweep.py configs/short_plw01.py --plw=0,0.01,0.1,1 --seeds=1,2,3
+    python sweep.py configs/short_plw01.py --plw=0.2463 --regularizers=weight_decay=0.1,dropout=0.1,label_smoothing=0.1,minkowski=1e-4
     python sweep.py configs/short_plw01.py --dry_run               # print the commands, for a cluster scheduler
-    python sweep.py configs/short_plw01.py --launcher="torchrun --standalone --nproc_per_node=8"
+    python sweep.py --help
 
-For each PLW (default: the paper's 10-value grid), with the same config, seed and data order:
-  1. train.py ... --prompt_loss_weight=P --out_dir=SWEEP/plw{P}      (resumed if interrupted, skipped if finished)
-  2. eval/mc.py          multiple choice, lm-eval-exact           -> SWEEP/plw{P}/eval_mc.json
-  3. eval/memorization.py greedy completions of training prompts  -> SWEEP/plw{P}/eval_memorization.json
-  4. eval/distance.py    weight distance to the base model        -> SWEEP/plw{P}/eval_distance.json
-  5. the training-loss RSD over 5-step windows, from log.jsonl
-Each step is skipped when its output exists, so re-running the sweep continues where it stopped. Then
-SWEEP/scores.jsonl is rebuilt from those files (one row per run and benchmark or mechanism metric) and
-eval/analyze.py writes the table, the quadratic fit and the figures to SWEEP/analysis/.
-
-Settings: the flags below, or sweep_<flag> assignments in the config file (train.py ignores those); other
---key=value arguments are train.py overrides applied to every run.
+A condition is (base model, dataset, PLW, regularizer and its value, seed): the grid crosses --models, --datasets,
+--plw and --seeds; each --regularizers variant runs at the PLWs of --reg_plw (the paper's comparison: PLW 0 and 1)
+beside the plain grid. Per run: train.py, then eval/mc.py, eval/gen.py (short generation), eval/judge.py (long
+generation, with --judge), eval/memorization.py, eval/distance.py and the loss RSD; each step is skipped when its
+output exists, so re-running continues where it stopped. Then SWEEP/scores.jsonl (one row per run and benchmark or
+mechanism, with its condition) and eval/analyze.py's table, fits and figures in SWEEP/analysis/.
+Settings: the options below, on the command line or as sweep_<name> in the config file (train.py ignores those);
+other --key=value arguments are train.py overrides for every run.
 """
-import argparse
+import itertools
 import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
+import train
+from checkpoint import list_checkpoints
+from config import ConfigError, load_config
+from data.prepare import DATA_DIR, DATASETS, resolve_dataset
+from eval import analyze
+from util import atomic_write, cli
 
+ROOT = Path(__file__).resolve().parent
 PAPER_GRID = "0,5e-4,2.236e-3,0.01,0.02463,0.05,0.1,0.2463,0.5,1"
-SETTINGS = {  # flag: (default, help); a config file's sweep_<flag> overrides the default, the flag overrides both
-    "plw": (PAPER_GRID, "comma-separated prompt loss weights"),
-    "sweep_dir": ("", "where the runs go (default: the config's out_dir + '_sweep')"),
-    "tasks": ("arc_challenge,piqa,truthfulqa_mc2,winogrande", "multiple-choice tasks (the paper's four)"),
-    "eval_data": ("../shared/data/eval/hf", "directory with <task>.jsonl in the HF-datasets layout"),
-    "mc_limit": (0, "first N documents per task (0: all)"),
-    "mem_n": (10000, "training prompts for memorization BLEU (the paper: 10,000)"),
-    "mem_max_new_tokens": (512, "greedy tokens per memorization prompt"),
-    "batch_size": (32, "evaluation batch size"),
-    "launcher": ("", "prefix for train.py, e.g. 'torchrun --standalone --nproc_per_node=8'"),
-}
+# -----------------------------------------------------------------------------
+sweep_plw = PAPER_GRID          # comma-separated prompt loss weights (the paper's 10-value grid)
+sweep_seeds = ""                # comma-separated seeds ("" = the config's seed)
+sweep_models = ""               # comma-separated base model directories ("" = the config's init_from)
+sweep_datasets = ""             # comma-separated datasets ("" = the config's dataset)
+sweep_regularizers = ""         # name=value,... from weight_decay, dropout, label_smoothing, minkowski (lambda)
+sweep_reg_plw = "0,1"           # the PLWs each regularizer variant runs at
+sweep_dir = ""                  # where the runs go (default: the config's out_dir + '_sweep')
+sweep_tasks = "arc_challenge,piqa,truthfulqa_mc2,winogrande"  # multiple-choice tasks (the paper's four)
+sweep_gen_tasks = ""            # short-generation tasks of eval/gen.py, e.g. truthfulqa_gen,wmt16-de-en ("" = none)
+sweep_judge = ""                # a judge model directory for AlpacaEval and PandaLM (eval/judge.py; "" = none)
+sweep_baseline = ""             # PandaLM's baseline: model_outputs JSON or model directory ("" = no PandaLM)
+sweep_eval_data = "../shared/data/eval/hf"  # directory with <task>.jsonl in the HF-datasets layout
+sweep_gen_data = "../shared/data/eval"      # eval/gen.py's data directory
+sweep_mc_limit = 0              # first N documents per multiple-choice task (0: all)
+sweep_gen_limit = 0             # first N documents per generation task and of the judged sets (0: all)
+sweep_mem_n = 10000             # training prompts for memorization BLEU (the paper: 10,000)
+sweep_mem_max_new_tokens = 512  # greedy tokens per memorization prompt
+sweep_eval_batch_size = 32      # evaluation batch size
+sweep_launcher = ""             # prefix for train.py, e.g. 'torchrun --standalone --nproc_per_node=8'
+sweep_dry_run = False           # print the commands of the steps still to run, run nothing
+# -----------------------------------------------------------------------------
+SWEEP = {k: v for k, v in globals().items() if k.startswith("sweep_")}
+REGULARIZERS = {"weight_decay": "weight_decay", "dropout": "dropout", "label_smoothing": "label_smoothing",
+                "minkowski": "minkowski_lambda"}  # name in score rows -> train.py key
 # the score each multiple-choice task contributes, as the Open LLM Leaderboard reported them
 MC_METRIC = {"arc_challenge": "acc_norm", "arc_easy": "acc_norm", "hellaswag": "acc_norm", "piqa": "acc_norm",
              "openbookqa": "acc_norm", "truthfulqa_mc1": "acc", "truthfulqa_mc2": "acc", "winogrande": "acc",
              "boolq": "acc", "mmlu": "acc"}
 
 
-class SweepError(ValueError):
-    pass
+def numbers(name, text, kind=float):
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise ConfigError(f"--{name} must be non-negative numbers, got {text!r}")
+    return values
 
 
-def plw_name(p):
-    return f"plw{p:g}"
+def conditions(c):
+    """[(model, dataset, plw, regularizer, value, seed)] of the grid, plain runs first"""
+    s = lambda k: c["sweep_" + k]  # noqa: E731
+    models = [m for m in s("models").split(",") if m] or [c["init_from"]]
+    datasets = [d for d in s("datasets").split(",") if d] or [c["dataset"]]
+    seeds = numbers("seeds", s("seeds"), int) or [c["seed"]]
+    regs = [("none", 0.0)]
+    for item in filter(None, s("regularizers").split(",")):
+        name, _, value = item.partition("=")
+        if name not in REGULARIZERS:
+            raise ConfigError(f"--regularizers: unknown {name!r} (known: {', '.join(REGULARIZERS)})")
+        regs.append((name, numbers("regularizers", value)[0] if value else 0.0))
+    plain = itertools.product(models, datasets, numbers("plw", s("plw")), regs[:1], seeds)
+    variants = itertools.product(models, datasets, numbers("reg_plw", s("reg_plw")), regs[1:], seeds)
+    return [(m, d, p, r, v, seed) for m, d, p, (r, v), seed in itertools.chain(plain, variants)]
 
 
-def read_sweep_settings(config_files):
-    """sweep_<name> assignments in the config files (executed the way train.py executes them)."""
-    found = {}
-    for path in config_files:
-        scope = {}
-        exec(compile(Path(path).read_text(), str(path), "exec"), {}, scope)
-        found.update({k.removeprefix("sweep_"): v for k, v in scope.items() if k.startswith("sweep_")})
-    unknown = sorted(set(found) - set(SETTINGS))
-    if unknown:
-        raise SweepError(f"unknown sweep setting(s) in {', '.join(map(str, config_files))}: "
-                         f"{', '.join('sweep_' + k for k in unknown)} (known: {', '.join('sweep_' + k for k in SETTINGS)})")
-    return found
+def run_name(c, model, dataset, plw, reg, value, seed, grid):
+    """plw{P}, with the condition's other coordinates where the grid has more than one value of them"""
+    name = f"plw{plw:g}" + (f"_{reg}{value:g}" if reg != "none" else "")
+    if len({g[5] for g in grid}) > 1:
+        name += f"_seed{seed}"
+    if len({g[1] for g in grid}) > 1:
+        name = f"{Path(dataset).stem}/{name}"
+    if len({g[0] for g in grid}) > 1:
+        name = f"{Path(model).name}/{name}"
+    return name
 
 
-def commands(cfg, configs, overrides, s, plw, run_dir, resume):
+def commands(c, configs, overrides, cond, run_dir):
     """the steps of one run: [(name, output that marks it done, argv)]"""
-    py = sys.executable
-    train = (shlex.split(s["launcher"]) if s["launcher"] else [py]) + [
-        "train.py", *configs, *overrides, f"--prompt_loss_weight={plw!r}", f"--out_dir={run_dir}"]
-    if resume:
-        train.append("--resume=True")
-    steps = [("train", run_dir / "config.json", train)]  # train.py exports config.json last
-    if s["tasks"]:
-        mc = [py, "eval/mc.py", "--model", str(run_dir), "--tasks", s["tasks"], "--data_dir", s["eval_data"],
-              "--batch_size", str(s["batch_size"]), "--output", str(run_dir / "eval_mc.json")]
-        steps.append(("mc", run_dir / "eval_mc.json", mc + (["--limit", str(s["mc_limit"])] if s["mc_limit"] else [])))
-    if s["mem_n"]:
+    model, dataset, plw, reg, value, seed = cond
+    s = lambda k: c["sweep_" + k]  # noqa: E731
+    py, out, bs = sys.executable, str(run_dir), str(s("eval_batch_size"))
+    train_cmd = (shlex.split(s("launcher")) if s("launcher") else [py]) + [
+        "train.py", *configs, *overrides, f"--init_from={model}", f"--dataset={dataset}", f"--seed={seed}",
+        f"--prompt_loss_weight={plw!r}", f"--out_dir={run_dir}"] + (
+        [f"--{REGULARIZERS[reg]}={value!r}"] if reg != "none" else [])
+    if not (run_dir / "config.json").exists() and list_checkpoints(run_dir):
+        train_cmd.append("--resume=True")
+    steps = [("train", run_dir / "config.json", train_cmd)]  # train.py exports config.json last
+    limit = lambda k: ["--limit", str(s(k))] if s(k) else []  # noqa: E731
+    if s("tasks"):
+        steps.append(("mc", run_dir / "eval_mc.json", [py, "eval/mc.py", "--model", out, "--tasks", s("tasks"),
+                      "--data_dir", s("eval_data"), "--batch_size", bs, "--output", f"{out}/eval_mc.json"] + limit("mc_limit")))
+    if s("gen_tasks"):
+        steps.append(("gen", run_dir / "eval_gen.json", [py, "eval/gen.py", "--model", out, "--tasks", s("gen_tasks"),
+                      "--data_dir", s("gen_data"), "--batch_size", bs, "--output", f"{out}/eval_gen.json"] + limit("gen_limit")))
+    if s("judge"):
+        steps.append(("alpaca_eval", run_dir / "eval_alpaca_eval.json", [
+            py, "eval/judge.py", "alpaca_eval", "--outputs", out, "--judge", s("judge"), "--batch_size", bs,
+            "--save_outputs", f"{out}/alpaca_eval_outputs.json", "--output", f"{out}/eval_alpaca_eval.json"] + limit("gen_limit")))
+        if s("baseline"):
+            steps.append(("pandalm", run_dir / "eval_pandalm.json", [
+                py, "eval/judge.py", "pandalm", "--model_a", out, "--model_b", s("baseline"), "--judge", s("judge"),
+                "--batch_size", bs, "--output", f"{out}/eval_pandalm.json"] + limit("gen_limit")))
+    if s("mem_n"):
+        data = DATA_DIR / DATASETS[dataset]["path"] if dataset in DATASETS else Path(dataset)
         steps.append(("memorization", run_dir / "eval_memorization.json", [
-            py, "eval/memorization.py", "--model", str(run_dir), "--data", str(cfg["_data_source"]), "--n",
-            str(s["mem_n"]), "--max_new_tokens", str(s["mem_max_new_tokens"]), "--batch_size", str(s["batch_size"]),
-            "--max_prompt_tokens", str(cfg["max_seq_len"] - 1),  # longer prompts were cut before their completion
-            "--seed", str(cfg["seed"]), "--output", str(run_dir / "eval_memorization.json")]))
+            py, "eval/memorization.py", "--model", out, "--data", str(data), "--n", str(s("mem_n")),
+            "--max_new_tokens", str(s("mem_max_new_tokens")), "--batch_size", bs,
+            "--max_prompt_tokens", str(c["max_seq_len"] - 1),  # longer prompts were cut before their completion
+            "--seed", str(seed), "--output", f"{out}/eval_memorization.json"]))
     steps.append(("distance", run_dir / "eval_distance.json", [
-        py, "eval/distance.py", "--model", str(run_dir), "--base", cfg["init_from"],
-        "--output", str(run_dir / "eval_distance.json")]))
+        py, "eval/distance.py", "--model", out, "--base", model, "--output", f"{out}/eval_distance.json"]))
     return steps
 
 
-def score_rows(plw, run_dir, dataset):
-    """scores.jsonl rows of one finished run, from its evaluation files and log"""
-    from eval.analyze import load_log, loss_rsd
-    base = {"plw": plw, "dataset": dataset, "run": run_dir.name}
+def score_rows(cond, run_dir):
+    """scores.jsonl rows of one finished run, from its evaluation files and log, each with its condition"""
+    model, dataset, plw, reg, value, seed = cond
+    base = {"model": Path(model).name, "dataset": dataset, "plw": plw, "regularizer": reg, "reg_value": value,
+            "seed": seed, "run": str(run_dir.name)}
+    read = lambda name: json.loads((run_dir / name).read_text()) if (run_dir / name).exists() else None  # noqa: E731
     rows = []
-    mc = run_dir / "eval_mc.json"
-    if mc.exists():
-        for task, r in json.loads(mc.read_text())["results"].items():
-            metric = MC_METRIC.get(task, "acc")
-            rows.append({**base, "benchmark": task, "score": r[metric], "metric": metric, "group": "mc"})
-    mem = run_dir / "eval_memorization.json"
-    if mem.exists():
-        m = json.loads(mem.read_text())
+    for task, r in ((read("eval_mc.json") or {}).get("results") or {}).items():
+        metric = MC_METRIC.get(task, "acc")
+        rows.append({**base, "benchmark": task, "score": r[metric], "metric": metric, "group": "mc"})
+    for task, r in ((read("eval_gen.json") or {}).get("results") or {}).items():
+        metric = "bleu_acc" if task == "truthfulqa_gen" else "bleu"  # the headline score of each task
+        rows.append({**base, "benchmark": task, "score": r[metric], "metric": metric, "group": "short_gen"})
+    for name in ("alpaca_eval", "pandalm"):
+        r = (read(f"eval_{name}.json") or {}).get("results", {}).get(name)
+        if r:
+            rows.append({**base, "benchmark": name, "score": r["win_rate"], "metric": "win_rate", "group": "long_gen"})
+            if name == "alpaca_eval":  # the paper's Fig. 2d: generation length on AlpacaEval
+                rows.append({**base, "benchmark": "alpaca_eval_length_tokens", "score": r["length_tokens"],
+                             "group": "mechanism"})
+    mem = read("eval_memorization.json")
+    if mem:
         for key, name in (("bleu", "memorization_bleu"), ("gen_tokens_mean", "gen_length_tokens"),
                           ("gen_words_mean", "gen_length_words")):
-            rows.append({**base, "benchmark": name, "score": m[key], "group": "mechanism"})
-    dist = run_dir / "eval_distance.json"
-    if dist.exists():
-        d = json.loads(dist.read_text())["overall"]
-        rows += [{**base, "benchmark": "weight_distance_l2_rel", "score": d["l2_rel"], "group": "mechanism"},
-                 {**base, "benchmark": "weight_distance_l1_rel", "score": d["l1_rel"], "group": "mechanism"}]
-    log = load_log(run_dir / "log.jsonl")
+            rows.append({**base, "benchmark": name, "score": mem[key], "group": "mechanism"})
+    dist = read("eval_distance.json")
+    if dist:
+        rows += [{**base, "benchmark": f"weight_distance_{k}_rel", "score": dist["overall"][f"{k}_rel"],
+                  "group": "mechanism"} for k in ("l2", "l1")]
+    log = analyze.load_log(run_dir / "log.jsonl")
     for key, name in (("loss", "loss_rsd"), ("completion_loss", "completion_loss_rsd")):
         try:
-            rows.append({**base, "benchmark": name, "score": loss_rsd(log, key=key), "group": "mechanism"})
+            rows.append({**base, "benchmark": name, "score": analyze.loss_rsd(log, key=key), "group": "mechanism"})
         except ValueError as e:  # e.g. a log written with log_interval > 1, or too short for one window
             print(f"note: {run_dir.name}: no {name}: {e}", file=sys.stderr)
     return rows
 
 
 def main(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("configs", nargs="+", help="train.py config files")
-    for name, (default, help) in SETTINGS.items():
-        ap.add_argument(f"--{name}", type=type(default), default=None, help=f"{help} (default: {default!r})")
-    ap.add_argument("--dry_run", action="store_true", help="print the commands of the steps still to run, run nothing")
-    args, overrides = ap.parse_known_args(argv)
-    bad = [o for o in overrides if not o.startswith("--") or "=" not in o]
-    if bad:
-        raise SweepError(f"unexpected argument {bad[0]!r}: train.py overrides are --key=value")
+    # one config: train.py's keys and the sweep_ settings, which may be given without their prefix
+    argv = [f"--sweep_{a[2:]}" if a.startswith("--") and f"sweep_{a[2:].partition('=')[0]}" in SWEEP else a
+            for a in argv]
+    argv = [a + "=True" if a == "--sweep_dry_run" else a for a in argv]
+    c = load_config({**train.DEFAULTS, **SWEEP}, argv, source=[__file__, train.__file__],
+                    usage="usage: python sweep.py config.py [...] [--setting=value ...] [--train_key=value ...]")
+    train.check_config(c)
+    configs = [a for a in argv if not a.startswith("--")]
+    overrides = [a for a in argv if a.startswith("--") and not a.startswith(("--sweep_", "--prompt_loss_weight=",
+                 "--out_dir=", "--init_from=", "--dataset=", "--seed="))]
+    grid = conditions(c)
+    if not grid:
+        raise ConfigError(f"--plw must be non-negative numbers, got {c['sweep_plw']!r}")
+    sweep_dir = Path(c["sweep_dir"] or c["out_dir"].rstrip("/") + "_sweep")
+    if not c["sweep_dry_run"]:
+        for d in {g[1] for g in grid}:
+            resolve_dataset(d)  # a known dataset is downloaded / inverted once, before the runs need it
 
-    import train
-    from config import load_config
-    cfg = load_config(train.DEFAULTS, args.configs + overrides, ignore=("sweep_",))
-    train.check_config(cfg)
-    s = {k: d for k, (d, _) in SETTINGS.items()}
-    s.update(read_sweep_settings(args.configs))
-    s.update({k: v for k, v in vars(args).items() if k in SETTINGS and v is not None})
-    try:
-        grid = [float(p) for p in str(s["plw"]).split(",")]
-    except ValueError:
-        raise SweepError(f"--plw must be comma-separated numbers, got {s['plw']!r}") from None
-    if not grid or min(grid) < 0:
-        raise SweepError(f"--plw must be non-negative numbers, got {s['plw']!r}")
-    sweep_dir = Path(s["sweep_dir"] or cfg["out_dir"].rstrip("/") + "_sweep")
-    # the training data file as train.py resolves it (memorization reads the records from it); a dry run only
-    # names it, where a real run may download or invert it first
-    from data.prepare import resolve_dataset, DATASETS, DATA_DIR
-    known = DATASETS.get(cfg["dataset"])
-    cfg["_data_source"] = (DATA_DIR / known["path"] if args.dry_run and known else resolve_dataset(cfg["dataset"]))
-    overrides = [o for o in overrides if not o.startswith(("--prompt_loss_weight=", "--out_dir="))]
-
-    for plw in grid:
-        run_dir = sweep_dir / plw_name(plw)
-        resume = not (run_dir / "config.json").exists() and bool(train.list_checkpoints(run_dir))
-        for name, done, cmd in commands(cfg, args.configs, overrides, s, plw, run_dir, resume):
+    for cond in grid:
+        run_dir = sweep_dir / run_name(c, *cond, grid)
+        for name, done, cmd in commands(c, configs, overrides, cond, run_dir):
             if done.exists():
                 continue
-            line = " ".join(shlex.quote(c) for c in cmd)
-            if args.dry_run:
+            line = " ".join(shlex.quote(str(a)) for a in cmd)
+            if c["sweep_dry_run"]:
                 print(line)
                 continue
-            print(f"[{plw_name(plw)}] {name}: {line}", file=sys.stderr, flush=True)
+            print(f"[{run_dir.relative_to(sweep_dir)}] {name}: {line}", file=sys.stderr, flush=True)
             if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-                raise SweepError(f"{plw_name(plw)}: {name} failed; fix the cause and re-run the sweep, which "
-                                 f"continues from here ({line})")
-    if args.dry_run:
-        return
-
-    from util import atomic_write
-    rows = [r for plw in grid for r in score_rows(plw, sweep_dir / plw_name(plw), cfg["dataset"])]
+                raise ConfigError(f"{run_dir}: {name} failed; fix the cause and re-run the sweep, which continues "
+                                  f"from here ({line})")
+    if c["sweep_dry_run"]:
+        return 0
+    rows = [r for cond in grid for r in score_rows(cond, sweep_dir / run_name(c, *cond, grid))]
     scores = sweep_dir / "scores.jsonl"
-    atomic_write(scores, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows)))
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write(scores, lambda tmp: Path(tmp).write_text(text))
     print(f"wrote {scores} ({len(rows)} rows)", file=sys.stderr)
-    if len(grid) >= 3:
-        from eval import analyze
+    if len({g[2] for g in grid}) >= 3:
         analyze.main(["--scores", str(scores), "--out", str(sweep_dir / "analysis")])
+    return 0
 
 
 if __name__ == "__main__":
-    from util import cli
     cli(main, "sweep.py")

@@ -1,5 +1,5 @@
 # The PLW experiment at CPU size, a few minutes: stories260K fine-tuned on prompt-inverted Alpaca records
-# (data/samples/alpaca_2k_short.json, R_g << 1) at each PLW of the paper's grid, then evaluated.
+# (data/samples/alpaca_2k_short.json, R_g << 1) at five PLWs x two seeds, plus dropout at PLW 0 and 1, then evaluated.
 #   python sweep.py configs/tiny_sweep.py
 init_from = "tests/fixtures/stories260K"
 dataset = "data/samples/alpaca_2k_short.json"
@@ -16,6 +16,9 @@ compile = False
 log_interval = 1
 
 # sweep.py settings (train.py ignores sweep_* names)
+sweep_plw = "0,0.01,0.1,0.5,1"
+sweep_seeds = "1,2"
+sweep_regularizers = "dropout=0.1"
 sweep_tasks = "arc_easy,piqa"
 sweep_mc_limit = 40
 sweep_mem_n = 48

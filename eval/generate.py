@@ -67,7 +67,9 @@ def load_model_and_tokenizer(path, device=None, dtype=None, tokenizer=None):
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     path = Path(path)
-    if tokenizer is None and path.is_dir() and not (path / "tokenizer.model").is_file():
+    if not path.is_dir():  # say so before the tokenizer, which would be "not found" for the same reason
+        raise FileNotFoundError(f"model directory not found: {path}")
+    if tokenizer is None and not (path / "tokenizer.model").is_file():
         raise FileNotFoundError(f"no tokenizer.model in {path} (pass --tokenizer)")
     tok = Tokenizer(tokenizer or path)
     model = load_model(path, device=device, dtype=DTYPES[dtype])

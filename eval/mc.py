@@ -82,14 +82,10 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_model
-from util import atomic_write
+from util import DataError, atomic_write, check_writable
 from tokenizer import Tokenizer
 
 HARNESS_VERSION = "0.4.13"
-
-
-class DataError(ValueError):
-    pass
 
 
 # -----------------------------------------------------------------------------
@@ -584,8 +580,10 @@ def main(argv=None):
             path = Path(args.data_dir) / TASKS[t][0]
             if not path.is_file():
                 raise DataError(f"no such file: {path} (task {t} reads {TASKS[t][0]} in the HF-datasets layout)")
-        if args.output:
-            Path(args.output).resolve().parent.mkdir(parents=True, exist_ok=True)
+        if args.output:  # before minutes of scoring
+            check_writable(args.output)
+        if not Path(args.model).is_dir():  # before the tokenizer, which would be "not found" for the same reason
+            raise DataError(f"model directory not found: {args.model}")
         dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
         tokenizer = Tokenizer(args.tokenizer or args.model)
         model = load_model(args.model, device=args.device, dtype=dtype)

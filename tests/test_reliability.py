@@ -125,46 +125,68 @@ def weights(path):
     return load_file(path / "model.safetensors")
 
 
+def rows_logged(out):
+    try:
+        return (out / "log.jsonl").read_text().count("\n")
+    except FileNotFoundError:
+        return 0
+
+
+def run_until(p, out, k, delay):
+    """SIGKILL p `delay` seconds after the event "k steps logged" (k = 0: the process started); True if it died by
+    the kill, False if it had already finished. Events the run reports, not fractions of a reference run's wall time,
+    so a slower or busier machine moves the kill with the run."""
+    while rows_logged(out) < k and p.poll() is None:
+        time.sleep(0.01)
+    try:
+        p.wait(timeout=delay)
+        return False
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGKILL)
+        return p.wait(timeout=60) == -signal.SIGKILL
+
+
 def test_sigkill_at_any_moment_then_resume_gives_bit_identical_weights(tmp_path):
     data = tmp_path / "data.json"
     data.write_text(json.dumps(json.loads(SAMPLE.read_text())[:64]))
     ref = tmp_path / "ref"
     t0 = time.time()
     p = launch(ref, data)
+    seen = [t0]
+    while p.poll() is None:  # when each step's row appears: the time one step (+ its checkpoint) takes here
+        if rows_logged(ref) >= len(seen):
+            seen.append(time.time())
+        time.sleep(0.01)
     assert p.wait(timeout=300) == 0, p.stderr.read()
-    duration = time.time() - t0  # kill times are drawn over a whole run, whatever this machine's speed
+    step = min(b - a for a, b in zip(seen[1:], seen[2:])) if len(seen) > 2 else 0.5
     expected = weights(ref)
     expected_log = [json.loads(l) for l in (ref / "log.jsonl").read_text().splitlines()]
 
-    # trial 0 dies inside the write of checkpoint 3 (after the files, before the rename); trials 1-2 are killed
-    # once or twice at random moments (start-up, a step, a checkpoint write, the final export), then left to finish
+    # trial 0 dies inside the write of checkpoint 3 (after the files, before the rename); trials 1-3 are killed at a
+    # random moment after a random event: start-up (k = 0, while the model loads and the data is prepared) or the
+    # k-th logged step (then inside the next step, its checkpoint write, or the final export), then left to finish
     rng = random.Random(1234)
-    for trial in range(3):
+    for trial, k in enumerate([None, 0, 2, 4]):
         out = tmp_path / f"run{trial}"
-        kill_at = [None] if trial == 0 else [rng.uniform(0.1, 0.8) * duration for _ in range(rng.randint(1, 2))]
         kills = 0
-        for attempt in range(len(kill_at) + 1):
-            env = {"NANOPLW_FAULT_KILL_CKPT": "3"} if trial == 0 and attempt == 0 else {}
-            p = launch(out, data, env)
-            if attempt < len(kill_at) and kill_at[attempt] is not None:
-                try:
-                    p.wait(timeout=kill_at[attempt])
-                except subprocess.TimeoutExpired:
-                    p.send_signal(signal.SIGKILL)
-            rc = p.wait(timeout=300)
-            if rc == -signal.SIGKILL:
-                kills += 1
-            else:
-                assert rc == 0, p.stderr.read()
-            if trial == 0 and attempt == 0:  # the torn checkpoint is invisible: the last good one is step 2
-                assert rc == -signal.SIGKILL
-                assert [c.name for c in train.list_checkpoints(out)] == ["ckpt-000002"]
-                assert list(out.glob(".ckpt-000003.tmp"))
-        assert rc == 0 and kills >= 1, (trial, kills)
+        if k is None:
+            p = launch(out, data, {"NANOPLW_FAULT_KILL_CKPT": "3"})
+            assert p.wait(timeout=300) == -signal.SIGKILL
+            assert [c.name for c in train.list_checkpoints(out)] == ["ckpt-000002"]  # the torn one is invisible
+            assert list(out.glob(".ckpt-000003.tmp"))
+            kills = 1
+        else:
+            delay = rng.uniform(0.1, 2.0) if k == 0 else rng.uniform(0.0, 0.9) * step
+            while not run_until(launch(out, data), out, k, delay):  # finished first: the machine sped up; again,
+                shutil.rmtree(out)                                  # sooner
+                delay /= 2
+            kills = 1
+        p = launch(out, data)
+        assert p.wait(timeout=300) == 0, p.stderr.read()
         got = weights(out)
         assert all(torch.equal(got[k], expected[k]) for k in expected), f"trial {trial}, {kills} kills"
         log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
         assert [r["iter"] for r in log] == list(range(1, 7))
         assert [r["loss"] for r in log] == [r["loss"] for r in expected_log]
         assert not list(out.glob(".*.tmp*")) and not list(out.glob(".ckpt-*"))
-        print(f"trial {trial}: {kills} kill(s)")
+        print(f"trial {trial}: killed after event {k}")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT, EVAL_HF, require
 
-SMALL = ["--plw=0,0.1,1", "--tasks=piqa", "--mc_limit=6", "--mem_n=4", "--mem_max_new_tokens=4",
+SMALL = ["--plw=0,0.1,1", "--seeds=", "--regularizers=", "--tasks=piqa", "--mc_limit=6", "--mem_n=4", "--mem_max_new_tokens=4",
          "--max_iters=2", "--max_seq_len=256"]
 
 
