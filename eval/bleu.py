@@ -359,9 +359,9 @@ def corpus_bleu(hypotheses, references, tokenize='13a'):
 
 def sentence_bleu(hypothesis, references, tokenize='13a'):
     """Sentence BLEU (0-100) of one hypothesis against one reference (a str) or several (a list of str), equal to
-    sacrebleu.sentence_bleu(hypothesis, references, tokenize=tokenize). It differs from corpus_bleu([hypothesis], ...) only by
-    effective order: a hypothesis shorter than 4 tokens is scored on the orders it has (2 tokens matching a 2-token
-    reference score 100, not 0)."""
+    sacrebleu.sentence_bleu(hypothesis, references, tokenize=tokenize).score. It differs from corpus_bleu([hypothesis],
+    ...) only by effective order: a hypothesis shorter than 4 tokens is scored on the orders it has (2 tokens matching
+    a 2-token reference score 100, not 0)."""
     if not isinstance(hypothesis, str):
         raise TypeError("hypothesis must be a str")
     refs = [references] if isinstance(references, str) else list(references)
