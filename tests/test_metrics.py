@@ -184,6 +184,28 @@ def test_random_ter_edits_match_sacrebleu(monkeypatch):
     assert all(seen.values()), seen
 
 
+def test_myers_distance_is_the_beam_distance_when_below_the_bound():
+    # the claim ter_edits' speed rests on: Myers' (full) Levenshtein distance d equals sacreBLEU's beam distance
+    # whenever d is below the cheapest path through a cell outside the beam; and the beam never goes below d
+    rng = random.Random(7)
+    used = 0
+    for _ in range(300):
+        vocab = [f"w{i}" for i in range(rng.choice([2, 4, 20]))]
+        h = [rng.choice(vocab) for _ in range(rng.randint(1, 70))]
+        r = [rng.choice(vocab) for _ in range(rng.randint(1, 70))]
+        beam = ter_module._beam(len(h), len(r))
+        peq = {}
+        for j, w in enumerate(r):
+            peq[w] = peq.get(w, 0) | (1 << j)
+        d = ter_module._myers_states(h, peq, len(r))[-1][2]
+        exact = ter_module._beam_distance(h, r, beam)
+        assert exact >= d
+        if d < ter_module._cheapest_outside(beam, len(h), len(r)):
+            assert exact == d
+            used += 1
+    assert 50 < used < 300  # both sides of the bound occur
+
+
 def test_random_corpora_ter():
     rng = random.Random(99)
     for _ in range(60):
