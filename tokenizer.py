@@ -21,6 +21,7 @@ For both kinds, special-token strings such as "</s>" or "<|eot_id|>" inside the 
 never mapped to special ids.
 """
 import base64
+import bisect
 import json
 import os
 import re
@@ -77,13 +78,15 @@ def _category_ranges(major, extra):
 
 
 def _pattern():
-    """LLAMA3_PATTERN for Python's `re`: \\p{L}, \\p{N}, \\s as explicit classes, the case-insensitive contractions
-    as explicit alternatives (Rust's simple case folding: only s has a third form, the long s U+017F). `re` is a
+    """LLAMA3_PATTERN for Python's `re`, for text without astral characters (see _split): \\p{L}, \\p{N}, \\s as
+    explicit classes of BMP code points (`re` tests a BMP-only class with one table lookup; every astral range in
+    a class costs a linear scan, which made the whole split 10x slower), the case-insensitive contractions as
+    explicit alternatives (Rust's simple case folding: only s has a third form, the long s U+017F). `re` is a
     backtracking, leftmost-first matcher like tiktoken's fancy-regex, so the same alternatives win."""
-    L = _class_body(_category_ranges("L", _NEW_LETTERS))
-    N = _class_body(_category_ranges("N", _NEW_NUMBERS))
-    S = _class_body(_ranges(_WHITESPACE))
-    return re.compile(
+    letters, numbers = _category_ranges("L", _NEW_LETTERS), _category_ranges("N", _NEW_NUMBERS)
+    bmp = lambda ranges: [(a, min(b, 0xFFFF)) for a, b in ranges if a <= 0xFFFF]  # noqa: E731
+    L, N, S = _class_body(bmp(letters)), _class_body(bmp(numbers)), _class_body(_ranges(_WHITESPACE))
+    pattern = re.compile(
         f"'(?:[sS\u017f]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD])"  # (?i:'s|'t|'re|'ve|'m|'ll|'d)
         f"|[^\\r\\n{L}{N}]?[{L}]+"                                    # [^\r\n\p{L}\p{N}]?\p{L}+
         f"|[{N}]{{1,3}}"                                              # \p{N}{1,3}
@@ -91,9 +94,40 @@ def _pattern():
         f"|[{S}]*[\\r\\n]+"                                           # \s*[\r\n]+
         f"|[{S}]+(?![^{S}])"                                          # \s+(?!\S)
         f"|[{S}]+")                                                   # \s+
+    # astral ranges of letters and numbers, sorted, each with its BMP stand-in (see _split)
+    astral = sorted((max(a, 0x10000), b, stand_in) for ranges, stand_in in ((letters, "a"), (numbers, "0"))
+                    for a, b in ranges if b >= 0x10000)
+    return pattern, astral
 
 
-_PATTERN = None  # compiled on first use: building the classes takes ~0.5 s
+def _stand_in(m):
+    """An astral character -> a BMP character of the same class for the pattern: a letter, a digit, or a symbol;
+    none of them is a literal of the pattern, and no astral character is whitespace."""
+    c = ord(m.group())
+    i = bisect.bisect_right(_ASTRAL_RANGES, (c, 0x10FFFF, "~")) - 1
+    return _ASTRAL_RANGES[i][2] if i >= 0 and _ASTRAL_RANGES[i][0] <= c <= _ASTRAL_RANGES[i][1] else "#"
+
+
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _split(text):
+    """text -> its LLaMA 3 pre-tokens. Astral characters (emoji, rare scripts) are replaced by a BMP stand-in of
+    the same class, which keeps every length, so the pieces are cut from the original text by their lengths."""
+    global _PATTERN, _ASTRAL_RANGES
+    if _PATTERN is None:
+        _PATTERN, _ASTRAL_RANGES = _pattern()
+    if _ASTRAL.search(text) is None:
+        return _PATTERN.findall(text)
+    folded = _ASTRAL.sub(_stand_in, text)
+    pieces, at = [], 0
+    for p in _PATTERN.findall(folded):
+        pieces.append(text[at:at + len(p)])
+        at += len(p)
+    return pieces
+
+
+_PATTERN = _ASTRAL_RANGES = None  # built on first use (~0.5 s)
 
 
 def _is_tiktoken_file(head):
@@ -222,11 +256,8 @@ class Tokenizer:
         return [ranks[p] for p in parts]
 
     def _encode_bpe(self, text):
-        global _PATTERN
-        if _PATTERN is None:
-            _PATTERN = _pattern()
         cache, ids = self._cache, []
-        for piece in _PATTERN.findall(text):
+        for piece in _split(text):
             t = cache.get(piece)
             if t is None:
                 try:
