@@ -157,6 +157,7 @@ class Tokenizer:
         with open(self.path, "rb") as f:
             head = f.read(64)
         self.kind = "tiktoken" if _is_tiktoken_file(head) else "sentencepiece"
+        self.config = None  # the config.json that set bos_id / eos_id, if any
         if self.kind == "tiktoken":
             self._load_tiktoken()
             # a model directory's config.json decides BOS / EOS (instruct models stop on <|eot_id|> as well)
@@ -176,7 +177,7 @@ class Tokenizer:
         try:
             self.sp.Load(self.path)
         except (OSError, RuntimeError) as e:
-            raise ValueError(f"not a sentencepiece model: {self.path} ({e})") from None
+            raise ValueError(f"not a sentencepiece model (nor a tiktoken-format file): {self.path} ({e})") from None
         self.vocab_size = self.sp.vocab_size()
         self.bos_id = self.sp.bos_id()
         self.eos_id = self.sp.eos_id()
@@ -234,6 +235,7 @@ class Tokenizer:
         if not eos:
             raise ValueError(f"{config}: eos_token_id is an empty list")
         self.bos_id, self.eos_id, self.stop_ids = bos, eos[0], tuple(eos)
+        self.config = config
 
     def _bpe(self, piece):
         """UTF-8 bytes of one pre-token -> ids: tiktoken's byte-pair merge (a whole piece in the vocabulary is
