@@ -217,6 +217,11 @@ def test_prepare_alpaca_sample_and_stats(llama3_dir, tmp_path, capsys):
     assert train["tokens"].max() < 128256 and (train["tokens"][train["offsets"][:-1]] == 128000).all()
     again = prepare_dataset(sample, llama3_dir, max_seq_len=512, val_size=100, cache_dir=tmp_path, verbose=False)
     assert again[2]["cache_hit"] and (again[0]["tokens"] == train["tokens"]).all()
+    # the dir's config.json chose BOS / EOS, so they are part of the cache key: the bare file has its own entry
+    bare = prepare_dataset(sample, llama3_dir / "original" / "tokenizer.model", max_seq_len=512, val_size=100,
+                           cache_dir=tmp_path, verbose=False)
+    assert not bare[2]["cache_hit"] and bare[2]["cache"] != report["cache"]
+    assert (bare[0]["tokens"] == train["tokens"]).all()  # the same ids here: config.json says 128000 / 128001
     assert stats.main(["--tokenizer", str(llama3_dir), "--json", str(sample)]) == 0
     [row] = json.loads(capsys.readouterr().out)
     tok = Tokenizer(llama3_dir)
