@@ -174,3 +174,20 @@ def test_llama3_bad_files_and_model_dirs(tmp_path):
     (tmp_path / "gap.model").write_text("IQ== 0\nIg== 2\n")
     with pytest.raises(ValueError, match=r"ranks are not 0..1, each once"):
         Tokenizer(tmp_path / "gap.model")
+
+
+def test_llama3_long_pieces(llama3):
+    """Pre-tokens over 256 bytes take the heap merge (not quadratic); it equals tiktoken, and the list merge on
+    short pieces."""
+    import random
+
+    tok, ref = llama3
+    rng = random.Random(0)
+    texts = ["ab" * 5000, "a" * 3000, "-" * 3000, " " * 3000, "é" * 1000 + "中文" * 300, "!@#$%^&*()" * 50]
+    texts += ["".join(rng.choice("abcdefghijklmnopqrstuvwxyzé中") for _ in range(rng.randint(257, 1500)))
+              for _ in range(30)]
+    for t in texts:
+        assert tok.encode(t) == ref.encode_ordinary(t), t[:40]
+    for _ in range(300):
+        piece = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 60))).encode()
+        assert tok._bpe_long(piece) == tok._bpe(piece), piece
