@@ -12,11 +12,11 @@ The tiktoken format is one "base64(token bytes) rank" line per token. It is enco
 to tiktoken built from the same file with LLaMA 3's pattern and special tokens (tests/test_tokenizer.py): the text
 is split into pre-tokens by LLaMA 3's regex (written for the stdlib `re`, its Unicode classes spelled out), each
 pre-token's UTF-8 bytes are merged by rank (lowest rank first, leftmost on ties, as tiktoken does), and the result
-is cached per pre-token, so a corpus costs little more than the regex scan (Stanford Alpaca's 52,002 prompts and
-full examples, 7.7M tokens: 4.7 s from a cold cache, tiktoken 3.7 s, one thread each on a shared 2-core machine). The 256 special tokens follow the
-ranks (<|begin_of_text|> = 128000 for LLaMA 3); BOS / EOS are <|begin_of_text|> / <|end_of_text|>, as LLaMA 3
-base models use them, unless a model directory's config.json says otherwise (instruct models list two EOS ids:
-eos_id is the first, stop_ids holds all of them).
+is cached per pre-token, so a corpus costs little more than the regex scan: Stanford Alpaca's 52,002 prompts and
+full examples (7.7M tokens) take 4.7 s from a cold cache, tiktoken 3.7 s (one thread each, shared 2-core machine).
+The 256 special tokens follow the ranks (<|begin_of_text|> = 128000 for LLaMA 3); BOS / EOS are <|begin_of_text|> /
+<|end_of_text|>, as LLaMA 3 base models use them, unless a model directory's config.json says otherwise (instruct
+models list two EOS ids: eos_id is the first, stop_ids holds all of them).
 
 For both kinds, special-token strings such as "</s>" or "<|eot_id|>" inside the text are encoded as plain text,
 never mapped to special ids.
