@@ -4,13 +4,15 @@ Alpaca-format data -> token ids with a role per token (prompt or completion), re
 An example is built exactly as Stanford Alpaca's train.py built it (the code the paper fine-tuned with):
 
     text   = PROMPT(instruction, input) + output            # the prompt ends in "### Response:", no newline after
-    tokens = [BOS] + sp.encode(text) + [EOS]
-    roles  = PROMPT for the first 1 + len(sp.encode(PROMPT(...))) tokens, COMPLETION for the rest (EOS included)
+    tokens = [BOS] + tok.encode(text) + [EOS]
+    roles  = PROMPT for the first 1 + len(tok.encode(PROMPT(...))) tokens, COMPLETION for the rest (EOS included)
 
-The boundary is explicit: sentencepiece may merge the prompt's final ":" with the output's first characters
-(":-", ":[", 3.3% of Stanford Alpaca), so tokens(prompt + output) != tokens(prompt) + tokens(output). Stanford
-counted len(tokens(prompt)) tokens as prompt, which makes such a merged token a prompt token; we do the same
-and count how often it happens (`boundary_merges`).
+The boundary is explicit: the tokenizer may merge the prompt's final ":" with the output's first characters,
+so tokens(prompt + output) != tokens(prompt) + tokens(output). Sentencepiece (LLaMA 1/2) does it for ":-", ":["
+(3.3% of Stanford Alpaca); LLaMA 3's BPE far more often, since its pre-tokenizer joins a symbol to the letters after
+it and ":The", ":I", ":\n" are tokens (21,868 of 52,002 records, 42%). Stanford counted len(tokens(prompt)) tokens
+as prompt, which makes such a merged token a prompt token; we do the same with either tokenizer and count how
+often it happens (`boundary_merges`).
 
 Truncation is Stanford's too: it tokenized prompt + output + "</s>" with truncation at model_max_length, keeping
 the first max_seq_len tokens, so a long example loses its EOS (and its prompt count is clipped to max_seq_len).
@@ -181,8 +183,9 @@ def tokenize(records, tokenizer, progress=False):
 
     prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
     fulls = [p + r["output"] for p, r in zip(prompts, records)]
-    # sentencepiece encodes a list on all cores; chunks feed the progress bar and let Ctrl-C stop it (its batch
-    # encode swallows the KeyboardInterrupt; check_stop sees the signal's record)
+    # sentencepiece encodes a list on all cores, BPE in a loop with its merge cache; chunks feed the progress bar
+    # and let Ctrl-C stop it (sentencepiece's batch encode swallows the KeyboardInterrupt; check_stop sees the
+    # signal's record)
     p_ids, f_ids, chunk = [], [], 4096
     with tqdm(total=len(records), desc="tokenize", unit="ex", disable=not progress, leave=False) as bar:
         for i in range(0, len(records), chunk):
@@ -276,10 +279,13 @@ def _sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def cache_path(src, tokenizer_file, cache_dir=None):
-    """The cache file of (source bytes, tokenizer bytes, template, format): any change gives a new name."""
-    key = hashlib.sha256("\0".join([f"nanoplw-data-v{FORMAT_VERSION}", _sha256(src), _sha256(tokenizer_file),
-                                    PROMPT_INPUT, PROMPT_NO_INPUT]).encode()).hexdigest()
+def cache_path(src, tokenizer_file, cache_dir=None, special_ids=None):
+    """The cache file of (source bytes, tokenizer bytes, template, format, and special_ids = (BOS, EOS) when a
+    model dir's config.json chose them rather than the tokenizer file): any change gives a new name."""
+    parts = [f"nanoplw-data-v{FORMAT_VERSION}", _sha256(src), _sha256(tokenizer_file), PROMPT_INPUT, PROMPT_NO_INPUT]
+    if special_ids is not None:
+        parts.append(f"bos={special_ids[0]},eos={special_ids[1]}")
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
     return Path(cache_dir or CACHE_DIR) / f"{Path(src).name}.{key[:16]}.npz"
 
 
@@ -319,15 +325,16 @@ def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337,
         raise DataError(f"max_seq_len must be an integer >= 2 (BOS and one target), got {max_seq_len!r}")
     if not isinstance(val_size, (int, np.integer)) or val_size < 0:
         raise DataError(f"val_size must be an integer >= 0, got {val_size!r}")
-    tok_file = Path(tokenizer_path)
-    tok_file = tok_file / "tokenizer.model" if tok_file.is_dir() else tok_file
-    if not tok_file.is_file():
-        raise DataError(f"tokenizer not found: {tok_file} (expected a sentencepiece tokenizer.model, "
-                        f"or an HF model directory holding one)")
+    from tokenizer import Tokenizer
+    try:
+        tok = Tokenizer(tokenizer_path)  # a file, or a model dir (whose config.json may set LLaMA 3's BOS / EOS)
+    except FileNotFoundError as e:
+        raise DataError(str(e)) from None
+    tok_file = Path(tok.path)
     src = resolve_dataset(dataset)
     if not src.is_file():
         raise DataError(f"{src}: {'not a file' if src.exists() else 'file not found'}")
-    cache = cache_path(src, tok_file, cache_dir)
+    cache = cache_path(src, tok_file, cache_dir, special_ids=(tok.bos_id, tok.eos_id) if tok.config else None)
     data = None
     if cache.is_file():
         try:
@@ -338,8 +345,7 @@ def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337,
             print(f"warning: ignoring unreadable cache {cache} ({e})", file=sys.stderr)
     hit = data is not None
     if not hit:
-        from tokenizer import Tokenizer
-        data = tokenize(load_records(src), Tokenizer(tok_file), progress=verbose)
+        data = tokenize(load_records(src), tok, progress=verbose)
         try:
 
             def save(tmp):
@@ -386,7 +392,8 @@ def main(argv=None):
     src.add_argument("--src", help="a local Alpaca-format .json / .json.gz / .jsonl file")
     src.add_argument("--dataset", choices=list(DATASETS), help="a known dataset, downloaded or inverted on first "
                      "use (default: alpaca)")
-    ap.add_argument("--tokenizer", required=True, help="a sentencepiece tokenizer.model, or an HF model directory")
+    ap.add_argument("--tokenizer", required=True, help="a tokenizer.model (sentencepiece or LLaMA 3's tiktoken "
+                    "format), or an HF model directory")
     ap.add_argument("--max_seq_len", type=int, default=512)
     ap.add_argument("--val_size", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1337)

@@ -81,7 +81,8 @@ def suggest_plw(rg):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Token-length statistics and R_g of Alpaca-format files.")
-    ap.add_argument("--tokenizer", required=True, help="a sentencepiece tokenizer.model, or an HF model directory")
+    ap.add_argument("--tokenizer", required=True, help="a tokenizer.model (sentencepiece or LLaMA 3's tiktoken "
+                    "format), or an HF model directory")
     ap.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
     ap.add_argument("files", nargs="+", help="Alpaca-format .json / .json.gz / .jsonl files")
     args = ap.parse_args(argv)

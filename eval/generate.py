@@ -50,6 +50,7 @@ BENCHMARKS = {
     "alpaca_eval": EVAL_DATA / "alpaca_eval" / "text_davinci_003_outputs.json",  # 805; AlpacaEval 1.0's reference
     "pandalm": EVAL_DATA / "pandalm" / "testset-inference-v1.json",  # 170, with inputs
 }
+TOKENIZER_FILES = ("tokenizer.model", "original/tokenizer.model")  # where tokenizer.Tokenizer looks in a model dir
 
 # -----------------------------------------------------------------------------
 # model and prompts
@@ -57,7 +58,8 @@ BENCHMARKS = {
 
 def load_model_and_tokenizer(path, device=None, dtype=None, tokenizer=None):
     """(model, tokenizer) from an HF LLaMA directory; device None = cuda when there is one, else cpu;
-    dtype None = float32 on cpu, bfloat16 on cuda; tokenizer None = the directory's tokenizer.model."""
+    dtype None = float32 on cpu, bfloat16 on cuda; tokenizer None = the directory's tokenizer.model (or
+    original/tokenizer.model, as Meta's LLaMA 3 repositories ship it)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ValueError(f"--device {device!r}: expected cpu or cuda[:N]")
@@ -69,8 +71,8 @@ def load_model_and_tokenizer(path, device=None, dtype=None, tokenizer=None):
     path = Path(path)
     if not path.is_dir():  # say so before the tokenizer, which would be "not found" for the same reason
         raise FileNotFoundError(f"model directory not found: {path}")
-    if tokenizer is None and not (path / "tokenizer.model").is_file():
-        raise FileNotFoundError(f"no tokenizer.model in {path} (pass --tokenizer)")
+    if tokenizer is None and not any((path / p).is_file() for p in TOKENIZER_FILES):
+        raise FileNotFoundError(f"no tokenizer.model in {path} nor in {path / 'original'} (pass --tokenizer)")
     tok = Tokenizer(tokenizer or path)
     model = load_model(path, device=device, dtype=DTYPES[dtype])
     if tok.vocab_size > model.args.vocab_size:
@@ -128,7 +130,7 @@ def complete(model, tokenizer, prompts, max_new_tokens, batch_size=32, temperatu
         else:
             batches.append([i])
 
-    eos = tokenizer.eos_id
+    eos = list(tokenizer.stop_ids)  # EOS, and for LLaMA 3 instruct models <|eot_id|> too (their config.json)
     device = model.lm_head.weight.device
     gen = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     results = [None] * len(prompts)
@@ -142,7 +144,7 @@ def complete(model, tokenizer, prompts, max_new_tokens, batch_size=32, temperatu
                                   top_p=top_p, eos_id=eos, generator=gen)
             for i, out in zip(batch, outs):
                 new = out[len(prompts[i]):]
-                hit_eos = bool(new) and new[-1] == eos
+                hit_eos = bool(new) and new[-1] in eos
                 new = new[:-1] if hit_eos else new
                 head, full = tokenizer.decode(prompts[i]), tokenizer.decode(prompts[i] + new)
                 # pieces decode one by one, so the prompt's text is a prefix of the whole; decode(new) is the fallback

@@ -36,6 +36,10 @@ context and continuation strings and every log-likelihood):
     enc(context) + enc(whole)[len(enc(context)):], even where the two encodings disagree at the seam); BOS is
     prepended to both encodings, as the HF LlamaTokenizer does by default. Our sentencepiece Tokenizer equals
     HF's slow LlamaTokenizer in legacy mode, which is what the harness is run with (use_fast_tokenizer=False).
+    LLaMA 3 takes the same path: its HF tokenizer (a fast BPE tokenizer whose post-processor prepends
+    <|begin_of_text|>, add_bos_token unset in the harness) gives the ids of our tiktoken-format Tokenizer with
+    bos=True, and the seam rule is the same string split, although BPE merges across the seam more often
+    (tests/test_llama3.py runs the harness on a LLaMA-3-shaped model).
   - Truncation: a request longer than max_length + 1 tokens keeps its last max_length + 1 tokens; the model
     sees all but the last of them, from position 0. max_length defaults to the model's max_position_embeddings,
     as the harness's does.
@@ -559,7 +563,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=f"Zero-shot multiple-choice scores, identical to lm-evaluation-harness "
                                             f"{HARNESS_VERSION} (hf backend).")
     p.add_argument("--model", required=True, help="HF-layout LLaMA directory (config.json, model.safetensors)")
-    p.add_argument("--tokenizer", help="sentencepiece tokenizer.model (default: the one in --model)")
+    p.add_argument("--tokenizer", help="a tokenizer.model, sentencepiece or tiktoken format (default: the "
+                   "one in --model)")
     p.add_argument("--tasks", required=True, help=f"comma-separated, from: {', '.join(TASKS)}")
     p.add_argument("--data_dir", required=True, help="directory with <task>.jsonl in the HF-datasets layout")
     p.add_argument("--limit", type=int, help="first N documents of each task (of each subject for mmlu)")
