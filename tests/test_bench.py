@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 SMALL = {"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2, "vocab_size": 32000, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
          "bos_token_id": 1, "eos_token_id": 2}
-FAST = ["--steps", "2", "--warmup", "1", "--batch_size", "3", "--seq_len", "64", "--new_tokens", "6"]
+FAST = ["--steps=2", "--warmup=1", "--batch_size=3", "--seq_len=64", "--new_tokens=6"]
 KEYS = {"date", "device", "torch", "transformers", "command", "mode", "model", "params", "dtype", "batch_size",
         "grad_accum", "seq_len", "steps", "ours", "hf", "ratio", "peak_mem_gb", "mfu", "units", "busy_elsewhere"}
 
@@ -57,7 +57,7 @@ def check_row(row, mode, argv):
 
 def test_train_and_generate_rows(tmp_path, config, capsys):
     results = tmp_path / "out" / "results.jsonl"
-    argv = ["--model", str(config), "--mode", "train,generate", *FAST, "--json", "--results", str(results)]
+    argv = [f"--model={config}", "--mode=train,generate", *FAST, "--json=True", f"--results={results}"]
     assert bench.main(argv) == 0
     rows = rows_of(results)
     assert [r["mode"] for r in rows] == ["train", "generate"]
@@ -75,8 +75,8 @@ def test_train_and_generate_rows(tmp_path, config, capsys):
 
     # a second run appends; a file whose last line lacks its newline is repaired, not corrupted
     results.write_text(results.read_text().rstrip("\n"))
-    assert bench.main(["--model", str(config), "--mode", "generate", *FAST, "--no_hf", "--json",
-                       "--results", str(results)]) == 0
+    assert bench.main([f"--model={config}", "--mode=generate", *FAST, "--no_hf=True", "--json=True",
+                       f"--results={results}"]) == 0
     rows = rows_of(results)
     assert [r["mode"] for r in rows] == ["train", "generate", "generate"]
     assert rows[2]["hf"] is None and rows[2]["ratio"] is None and rows[2]["ours"]["per_s"] > 0
@@ -88,8 +88,8 @@ def test_mc_row_matches_lm_eval(tmp_path, config):
     require(EVAL_HF / "arc_easy.jsonl")
     require(LLAMA_TOKENIZER)
     results = tmp_path / "r.jsonl"
-    argv = ["--model", str(config), "--mode", "mc", *FAST, "--mc_tasks", "arc_easy", "--mc_limit", "3",
-            "--mc_data_dir", str(EVAL_HF), "--tokenizer", str(LLAMA_TOKENIZER), "--json", "--results", str(results)]
+    argv = [f"--model={config}", "--mode=mc", *FAST, "--mc_tasks=arc_easy", "--mc_limit=3",
+            f"--mc_data_dir={EVAL_HF}", f"--tokenizer={LLAMA_TOKENIZER}", "--json=True", f"--results={results}"]
     assert bench.main(argv) == 0
     (row,) = rows_of(results)
     check_row(row, "mc", argv)
@@ -101,8 +101,8 @@ def test_mc_row_matches_lm_eval(tmp_path, config):
 def test_prep_row_same_counts_as_stanford_preprocessing(tmp_path):
     require(LLAMA_TOKENIZER)
     results = tmp_path / "r.jsonl"
-    argv = ["--mode", "prep", "--prep_data", str(ROOT / "data" / "samples" / "alpaca_2k.json"), "--prep_limit", "150",
-            "--steps", "2", "--warmup", "1", "--tokenizer", str(LLAMA_TOKENIZER), "--json", "--results", str(results)]
+    argv = ["--mode=prep", f"--prep_data={ROOT / 'data' / 'samples' / 'alpaca_2k.json'}", "--prep_limit=150",
+            "--steps=2", "--warmup=1", f"--tokenizer={LLAMA_TOKENIZER}", "--json=True", f"--results={results}"]
     assert bench.main(argv) == 0
     (row,) = rows_of(results)
     check_row(row, "prep", argv)
@@ -167,21 +167,25 @@ def test_train_step_gradients_equal_hf_loop(config):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "nope"], "unknown model 'nope'"),
-    (["--mode", "train,fly"], "unknown mode 'fly'"),
-    (["--steps", "0"], "--steps must be a positive integer"),
-    (["--dtype", "float16"], "invalid choice: 'float16'"),
-    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
-    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--model=nope"], "unknown model 'nope'"),
+    (["--mode=train,fly"], "unknown mode 'fly'"),
+    (["--steps=0"], "--steps must be a positive integer"),
+    (["--dtype=float16"], "invalid choice: 'float16'"),
+    (["--frobnicate=1"], "unknown config key 'frobnicate'"),  # config.py's message, as train.py's
+    (["--batchsize=3"], "(did you mean 'batch_size'?)"),
+    (["--steps=two"], "steps must be a int, got 'two'"),
+    (["--device=tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_arguments_one_line(args, message, capsys):
-    assert bench.main(args) == 1
+    with pytest.raises(SystemExit) as e:
+        bench.cli(bench.main, "bench.py", args)
+    assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("bench.py: error: ") and message in err and err.count("\n") == 1, err
 
 
 def test_cli_error_exit_code_without_traceback():
-    r = subprocess.run([sys.executable, "bench.py", "--model", "llama-9000b"], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "bench.py", "--model=llama-9000b"], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().startswith("bench.py: error: unknown model 'llama-9000b'") and "Traceback" not in r.stderr
