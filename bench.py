@@ -1,17 +1,14 @@
 """
-The yardstick: throughput, memory and MFU of nanoPLW against its peer (HF transformers, lm-eval) in one process,
-on the identical model (random weights, copied into transformers.LlamaForCausalLM) and the identical inputs.
+Throughput, memory and MFU of nanoPLW against its peer in one process, on the identical model (random weights,
+copied into transformers.LlamaForCausalLM) and inputs: a train step against HF + the plain loss loop, greedy
+generation against HF generate, multiple-choice scoring against lm-eval's HFLM. Prints ours, the peer and the
+ratio; docs/benchmarks.md has what each side does, how the two are timed, what peak memory and MFU count.
 
-    python bench.py --model=tiny                                    # CPU float32: train, generate, mc
+    python bench.py --model=tiny                                      # CPU float32: train, generate, mc
     python bench.py --model=tiny --mode=train --steps=20 --json=True  # + a row in bench/results.jsonl
     python bench.py --model=llama2-7b --mode=train --device=cuda --dtype=bfloat16 --compile=True \\
         --batch_size=4 --grad_accum=32 --optimizer=adamw_bf16 --json=True  # global batch 128 on one 80 GB GPU
-    python bench.py --help                                          # every option, its default and meaning
-
-Modes: train (one optimizer step on Alpaca-like batches vs HF + the plain loss loop), generate (greedy decoding vs
-HF generate), mc (multiple-choice scoring vs lm-eval's HFLM), prep (Alpaca preparation vs Stanford's). Each prints
-ours, the peer and the ratio ours/peer; json=True appends one row per mode. docs/benchmarks.md: what each side
-does, how the sides alternate, what peak memory and MFU count.
+    python bench.py --help                                            # every option, its default and meaning
 """
 import gc
 import os
@@ -45,9 +42,8 @@ SHARED = Path(os.environ.get("NANOPLW_SHARED", ROOT.parent / "shared"))  # as te
 
 # -----------------------------------------------------------------------------
 # default config
-model = "tiny"                  # tiny | llama-1b | llama2-7b (SHAPES below) or an HF config.json (or its directory);
-                                # the weights are always random
-mode = "train,generate,mc"      # comma-separated, from MODES: train, generate, mc, prep
+model = "tiny"                  # tiny | llama-1b | llama2-7b (SHAPES) or an HF config.json or its directory
+mode = "train,generate,mc"      # comma-separated, from MODES: train, generate, mc
 device = "cpu"                  # cpu | cuda | cuda:N
 dtype = "float32"               # float32 | bfloat16: the weights' dtype, on both sides
 batch_size = 8                  # train: micro-batch; generate: number of prompts
@@ -58,17 +54,14 @@ new_tokens = 64                 # generate: new tokens per prompt
 mc_tasks = "arc_challenge,hellaswag,piqa,winogrande"  # mc: eval/mc.py task names
 mc_limit = 50                   # mc: the first N documents of each task
 mc_batch_size = 32              # mc: documents per forward (both sides)
-mc_data_dir = ""                # mc: HF-datasets layout directory; "" = ../shared/data/eval/hf
-tokenizer = ""                  # mc, prep: sentencepiece tokenizer.model; "" = ../shared's LLaMA tokenizer
-prep_data = ""                  # prep: Alpaca-format file; "" = ../shared's Stanford Alpaca (52,002 records)
-prep_limit = 0                  # prep: the first N records only; 0 = all
+mc_data_dir = str(SHARED / "data" / "eval" / "hf")  # mc: the tasks' files, in the HF-datasets layout
+tokenizer = str(SHARED / "data" / "tokenizer" / "llama" / "tokenizer.model")  # mc: a sentencepiece model
 steps = 10                      # timed repeats per side
 warmup = 2                      # untimed repeats per side before them (at least 1)
 threads = 0                     # CPU threads; 0 = torch's default
 seed = 0                        # fixes the weights, the batches and the prompts
 compile = False                 # train: torch.compile both models
-optimizer = "adamw"             # train: adamw (torch's, fused on CUDA) | adamw_bf16 (optim.py: bf16 weights and
-                                # state, stochastic rounding; with dtype=bfloat16)
+optimizer = "adamw"             # train: adamw (torch's) | adamw_bf16 (optim.py: bf16 state, stochastic rounding)
 activation_checkpointing = False  # train: recompute each block's activations in backward (both sides)
 no_hf = False                   # measure ours only (no peer package needed)
 json = False                    # append one row per mode to `results`
@@ -76,15 +69,13 @@ results = str(ROOT / "bench" / "results.jsonl")  # the JSON-lines file json=True
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
-# named shapes, as HF config.json fields; max_position_embeddings only sizes the RoPE tables
+# named shapes as HF config.json fields (max_position_embeddings only sizes the RoPE tables): the CPU yardstick (4
+# layers, 256 wide, LLaMA's vocabulary and SwiGLU width rule), TinyLlama-1.1B (LLaMA-2 with GQA), LLaMA-2-7B
 SHAPES = {
-    # the CPU yardstick: 4 layers, 256 wide (4 heads of 64, no GQA), LLaMA's 32k vocabulary and SwiGLU width rule
     "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5),
-    # TinyLlama-1.1B's config.json: LLaMA-2 architecture and tokenizer, 22 layers, GQA 32 query / 4 kv heads
     "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                      num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5),
-    # LLaMA-2-7B's config.json (meta-llama/Llama-2-7b-hf)
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5),
 }
@@ -99,42 +90,7 @@ ALPACA_COMPLETION = [1, 5, 8, 11, 13, 16, 20, 24, 30, 38, 48, 58, 68, 77, 87, 97
 
 
 # -----------------------------------------------------------------------------
-# the machine and the two models
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_bytes(device):
-    """CUDA: the peak allocated since the last reset. CPU: the process's peak RSS, which never goes down."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
-def mem_reset(device):
-    """Start a peak-memory window; returns the baseline that peak_bytes is measured from."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        return 0
-    return peak_bytes(device)
-
-
-def param_bytes(model):
-    return sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
-
+# the two models: ours with HF's random initialisation, and transformers' LLaMA with a copy of its weights
 
 def load_shape(name):
     if name in SHAPES:
@@ -154,13 +110,13 @@ def n_params(args):
         return Transformer(args).num_params()
 
 
-def build(cls, device, dtype):
-    """cls() built directly on the device in the bench dtype (the RoPE tables too, as from_pretrained casts them)."""
+def build(make, device, dtype):
+    """make() built directly on the device in the bench dtype (the RoPE tables too, as from_pretrained casts them)."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            return cls().to(dtype)
+            return make().to(dtype)
     finally:
         torch.set_default_dtype(old)
 
@@ -188,90 +144,107 @@ def build_hf(args, state_dict, device, dtype):
     return hf
 
 
-def make_optimizer(model, device, kind):
-    # the same for both sides: torch's AdamW (fused on CUDA, foreach elsewhere), or train.py's bf16 AdamW
-    if kind == "adamw_bf16":
-        return AdamWBF16(model.parameters(), lr=2e-5, betas=(0.9, 0.95), weight_decay=0.0)
-    fast = dict(fused=True) if device.type == "cuda" else dict(foreach=True)
-    return torch.optim.AdamW(model.parameters(), lr=2e-5, betas=(0.9, 0.95), weight_decay=0.0, **fast)
-
-
 # -----------------------------------------------------------------------------
-# measuring: sides that build themselves, run work item i, and are timed alike (docs/benchmarks.md)
+# measuring (docs/benchmarks.md)
 
-def measure(s, sides, desc):
-    """sides: {name: build}, build() -> (run, parameter bytes); run(i) does work item i and returns what the
-    first warm-up produced (for the parity checks). Returns {name: {"times", "peak_mem", "first"}}."""
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def peak_memory(device, reset=False):
+    """Bytes. CUDA: the most allocated since the last reset (reset=True starts anew and returns 0). CPU: the
+    process's peak resident memory so far, which never goes down: a window is measured as growth over it."""
+    gc.collect()
+    if device.type == "cpu":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    if reset:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return 0
+    return torch.cuda.max_memory_allocated(device)
+
+
+def measure(s, sides, desc, with_model=True):
+    """sides: {"ours": wrap, "hf": wrap}, wrap(model) -> run: model is ours, or HF's LLaMA with the same initial
+    weights (None where with_model is False); run(i) does work item i and returns what the parity checks compare.
+    Returns {side: {"times", "peak_mem", "first"}}: the timed runs, the peak memory, run(0)'s result."""
     sides = {"ours": sides["ours"]} if s.no_hf else sides
-    dev, out = s.device, {}
+    dev, init, out = s.device, {}, {}
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     bar = tqdm(total=(s.warmup + s.steps) * len(sides), desc=desc, unit="run", file=sys.stderr, leave=False)
 
+    def make(side):  # -> (run, parameter bytes)
+        if not with_model:
+            return sides[side](None), 0
+        model = (build_ours(s, s.args, dev, s.dtype, init) if side == "ours" else
+                 build_hf(s.args, init.pop("sd"), dev, s.dtype))
+        return sides[side](model), sum(p.numel() * p.element_size() for p in set(model.parameters()))
+
     def timed(run, i):
-        sync(dev)
+        sync()
         t0 = time.perf_counter()
         run(i)
-        sync(dev)
+        sync()
         bar.update(1)
         return time.perf_counter() - t0
 
-    def warm(name, run, pbytes, base):
-        out[name] = {"times": [], "first": run(0)}
+    def warm(side, run, pbytes, base):
+        out[side] = {"times": [], "first": run(0)}
         bar.update(1)
         for i in range(1, s.warmup):
             timed(run, i)
-        grown = peak_bytes(dev) - base
-        out[name]["peak_mem"] = grown if dev.type == "cuda" else pbytes + grown
+        out[side]["peak_mem"] = peak_memory(dev) - base + (pbytes if dev.type == "cpu" else 0)
 
     if dev.type == "cpu":  # every side built first (HF copies ours' initial weights), then they alternate
-        built = {name: make() for name, make in sides.items()}
-        for name, (run, pbytes) in built.items():
-            warm(name, run, pbytes, mem_reset(dev))
+        built = {side: make(side) for side in sides}
+        for side, (run, pbytes) in built.items():
+            warm(side, run, pbytes, peak_memory(dev, reset=True))
         for i in range(s.steps):
-            for name, (run, _) in built.items():
-                out[name]["times"].append(timed(run, s.warmup + i))
+            for side, (run, _) in built.items():
+                out[side]["times"].append(timed(run, s.warmup + i))
     else:  # one side at a time: two 7B models and their optimizer states do not fit one GPU
-        for name, make in sides.items():
-            base = mem_reset(dev)
-            run, pbytes = make()
-            warm(name, run, pbytes, base)
-            out[name]["times"] = [timed(run, s.warmup + i) for i in range(s.steps)]
+        for side in sides:
+            base = peak_memory(dev, reset=True)
+            run, pbytes = make(side)
+            warm(side, run, pbytes, base)
+            out[side]["times"] = [timed(run, s.warmup + i) for i in range(s.steps)]
             del run
             torch.compiler.reset()  # compiled code can hold the model: free it before the next side is built
-            mem_reset(dev)
+            peak_memory(dev, reset=True)
     bar.close()
     return out
 
 
-def summary(res, units, flops=None, peak_flops=None):
-    """units (and flops): per timed run, a list, or one number for runs that all do the same work. Rates are
-    medians of the per-run rates, so that a run slowed by background load counts once, not by its length."""
-    times = res["times"]
-    units = units if isinstance(units, list) else [units] * len(times)
-    row = {"median_s": round(statistics.median(times), 6),
-           "per_s": round(statistics.median(u / t for u, t in zip(units, times)), 3),
-           "peak_mem_gb": round(res["peak_mem"] / 1e9, 3), "times_s": [round(t, 6) for t in times]}
-    if flops and peak_flops:
-        row["mfu"] = round(statistics.median(f / t for f, t in zip(flops, times)) / peak_flops, 4)
-    return row
-
-
-def compare(s, sides, desc, units, row, flops=None):
-    """Measure the sides; row (the mode's fields) gets each side's summary. Returns (row, {side: first result})."""
-    res = measure(s, sides, desc)
+def compare(s, sides, desc, units, row, flops=None, with_model=True):
+    """Measure the sides and put each one's figures in row (the mode's fields). units (and flops): per timed run,
+    a list, or one number when every run does the same work. Rates are medians of the per-run rates, so that a run
+    slowed by background load counts once, not by its length. Returns (row, {side: run(0)'s result})."""
+    res = measure(s, sides, desc, with_model)
     for side, r in res.items():
-        row[side] = summary(r, units, flops, s.peak)
+        times = r["times"]
+        per_run = units if isinstance(units, list) else [units] * len(times)
+        row[side] = {"median_s": round(statistics.median(times), 6),
+                     "per_s": round(statistics.median(u / t for u, t in zip(per_run, times)), 3),
+                     "peak_mem_gb": round(r["peak_mem"] / 1e9, 3), "times_s": [round(t, 6) for t in times]}
+        if flops and s.peak:
+            row[side]["mfu"] = round(statistics.median(f / t for f, t in zip(flops, times)) / s.peak, 4)
     return row, {side: r["first"] for side, r in res.items()}
 
 
 # -----------------------------------------------------------------------------
-# train
+# the modes: function(s) -> the mode's row fields
 
 def alpaca_lengths(n, seq_len, gen):
-    """n (prompt, completion) token counts drawn from the Alpaca percentiles (inverse-CDF sampling, linear
-    between the tabulated points), the total cut at seq_len + 1 tokens (seq_len targets)."""
+    """n (prompt, completion) token counts drawn from the Alpaca percentiles (inverse-CDF sampling, linear between
+    the tabulated points), the total cut at seq_len + 1 tokens (seq_len targets)."""
     u = torch.rand(2, n, generator=gen, dtype=torch.float64).numpy()
-    prompt, completion = (np.maximum(1, np.round(np.interp(x, ALPACA_Q, pts))).astype(np.int64)
-                          for x, pts in zip(u, (ALPACA_PROMPT, ALPACA_COMPLETION)))
+    prompt, completion = (np.maximum(1, np.round(np.interp(x, ALPACA_Q, points))).astype(np.int64)
+                          for x, points in zip(u, (ALPACA_PROMPT, ALPACA_COMPLETION)))
     prompt = np.minimum(prompt, seq_len)
     return list(zip(prompt.tolist(), np.minimum(completion, seq_len + 1 - prompt).tolist()))
 
@@ -301,33 +274,34 @@ def train_batches(n, batch_size, grad_accum, seq_len, vocab, plw, gen):
 def bench_train(s):
     with torch.device("meta"):
         meta = Transformer(s.args)  # for flops_per_token only: no memory
-    gen = torch.Generator().manual_seed(s.seed)
-    batches = train_batches(s.warmup + s.steps, s.batch_size, s.grad_accum, s.seq_len, s.args.vocab_size, s.plw, gen)
-    batches = [dict(b, micro=[tuple(t.to(s.device) for t in m) for m in b["micro"]]) for b in batches]
-    init = {}
+    batches = train_batches(s.warmup + s.steps, s.batch_size, s.grad_accum, s.seq_len, s.args.vocab_size, s.plw,
+                            torch.Generator().manual_seed(s.seed))
+    micro = [[tuple(t.to(s.device) for t in m) for m in b["micro"]] for b in batches]
 
-    def train_step(per_token_ce, model):
+    def step(per_token_ce, model):
         """The timed step, the same for both sides but for per_token_ce: (idx, targets) -> (B, T) CE."""
-        opt = make_optimizer(model, s.device, s.optimizer)
+        hp = dict(lr=2e-5, betas=(0.9, 0.95), weight_decay=0.0)
+        opt = AdamWBF16(model.parameters(), **hp) if s.optimizer == "adamw_bf16" else torch.optim.AdamW(
+            model.parameters(), **hp, **({"fused": True} if s.device.type == "cuda" else {"foreach": True}))
 
         def run(i):
             total = 0.0
-            for idx, targets, w in batches[i]["micro"]:
+            for idx, targets, w in micro[i]:
                 loss = (per_token_ce(idx, targets) * w).sum() / batches[i]["wsum"]
                 loss.backward()
                 total += loss.detach()
             opt.step()
             opt.zero_grad(set_to_none=True)
             return float(total) if i == 0 else None
-        return run, param_bytes(model)
+        return run
 
-    def ours():
-        model = build_ours(s, s.args, s.device, s.dtype, init).train()
+    def ours(model):
+        model.train()
         model.activation_checkpointing = s.activation_checkpointing
-        return train_step(torch.compile(model) if s.compile else model, model)  # model.py's chunked CE
+        return step(torch.compile(model) if s.compile else model, model)  # model(idx, targets): the chunked CE
 
-    def hf():
-        model = build_hf(s.args, init.pop("sd"), s.device, s.dtype).train()
+    def hf(model):
+        model.train()
         if s.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         fwd = torch.compile(model) if s.compile else model
@@ -336,7 +310,7 @@ def bench_train(s):
             logits = fwd(input_ids=idx, use_cache=False).logits                          # (B, T, V)
             return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1,
                                    reduction="none").view_as(targets)                    # (B, T)
-        return train_step(per_token_ce, model)
+        return step(per_token_ce, model)
 
     timed = batches[s.warmup:]
     tokens, padded = [b["tokens"] for b in timed], [b["padded"] for b in timed]
@@ -352,75 +326,62 @@ def bench_train(s):
     return row
 
 
-# -----------------------------------------------------------------------------
-# generate, mc, prep
-
 def bench_generate(s):
     gen = torch.Generator().manual_seed(s.seed)
     lens = torch.linspace(20, 60, s.batch_size).round().long().tolist() if s.batch_size > 1 else [40]
     prompts = [[1] + torch.randint(3, s.args.vocab_size, (n - 1,), generator=gen).tolist() for n in lens]
-    if max(lens) + s.new_tokens > s.args.max_seq_len:
-        raise DataError(f"new_tokens {s.new_tokens} + prompts of up to {max(lens)} tokens exceed the model's "
-                        f"max_seq_len {s.args.max_seq_len}")
-    init = {}
+    T, n_new = max(lens), s.new_tokens
+    if T + n_new > s.args.max_seq_len:
+        raise DataError(f"new_tokens {n_new} + prompts of up to {T} tokens exceed the model's max_seq_len "
+                        f"{s.args.max_seq_len}")
 
-    def ours():
-        model = build_ours(s, s.args, s.device, s.dtype, init).eval()
-        def run(i):
-            return [o[len(p):] for o, p in zip(model.generate(prompts, s.new_tokens), prompts)]
-        return run, param_bytes(model)
+    def ours(model):
+        model.eval()
+        return lambda i: [o[len(p):] for o, p in zip(model.generate(prompts, n_new), prompts)]
 
-    def hf():  # the batch left-padded with its attention mask: how HF batches prompts of different lengths
-        model = build_hf(s.args, init.pop("sd"), s.device, s.dtype).eval()
-        T = max(lens)
+    def hf(model):  # left-padded, with an attention mask: how HF batches prompts of different lengths
+        model.eval()
         ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts], device=s.device)
         mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=s.device)
-        return (lambda i: model.generate(ids, attention_mask=mask, max_new_tokens=s.new_tokens, do_sample=False,
-                                         eos_token_id=None, pad_token_id=0)[:, T:].tolist()), param_bytes(model)
+        return lambda i: model.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False,
+                                        eos_token_id=None, pad_token_id=0)[:, T:].tolist()
 
-    row = {"units": "new tokens/s", "prompts": len(prompts), "prompt_lens": lens, "new_tokens": s.new_tokens}
-    row, first = compare(s, {"ours": ours, "hf": hf}, "generate", len(prompts) * s.new_tokens, row)
+    row = {"units": "new tokens/s", "prompts": len(prompts), "prompt_lens": lens, "new_tokens": n_new}
+    row, first = compare(s, {"ours": ours, "hf": hf}, "generate", len(prompts) * n_new, row)
     if "hf" in first:
         row["same_tokens"] = sum(x == y for x, y in zip(first["ours"], first["hf"])) / len(prompts)
     return row
-
-
-def tokenizer_path(s):
-    return Path(s.tokenizer or SHARED / "data" / "tokenizer" / "llama" / "tokenizer.model")
 
 
 def bench_mc(s):
     from eval import mc
     from tokenizer import Tokenizer
     tasks = [t.strip() for t in s.mc_tasks.split(",") if t.strip()]
-    data_dir = Path(s.mc_data_dir or SHARED / "data" / "eval" / "hf")
     mc.check_tasks(tasks)
-    docs = {t: mc.load_docs(t, data_dir, s.mc_limit) for t in tasks}
-    tokenizer = Tokenizer(tokenizer_path(s))
-    requests = [(t, d["doc_id"], pair) for t in tasks for d in docs[t] for pair in zip(d["contexts"], d["continuations"])]
-    init = {}
+    docs = {t: mc.load_docs(t, s.mc_data_dir, s.mc_limit) for t in tasks}
+    tokenizer = Tokenizer(s.tokenizer)
+    requests = [(t, d["doc_id"], pair) for t in tasks for d in docs[t] for pair in zip(d["contexts"],
+                                                                                        d["continuations"])]
 
-    def ours():
-        model = build_ours(s, s.args, s.device, s.dtype, init).eval()
+    def ours(model):
+        model.eval()
 
         def run(i):
-            out = mc.evaluate(model, tokenizer, tasks, data_dir, s.mc_limit, s.mc_batch_size, progress=False)
+            out = mc.evaluate(model, tokenizer, tasks, s.mc_data_dir, s.mc_limit, s.mc_batch_size, progress=False)
             return [ll for t in tasks for d in out["samples"][t] for ll in d["lls"]]
-        return run, param_bytes(model)
+        return run
 
-    def hf():
+    def hf(model):  # the harness's HFLM handed the model, with HF's slow LLaMA tokenizer, as the harness loads it
         import logging
         import transformers
         from lm_eval.api.instance import Instance
         from lm_eval.models.huggingface import HFLM
         logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on being handed a model object
-        model = build_hf(s.args, init.pop("sd"), s.device, s.dtype).eval()
-        slow = transformers.LlamaTokenizer(vocab_file=str(tokenizer_path(s)), legacy=True)  # what the harness uses
-        lm = HFLM(pretrained=model, tokenizer=slow, batch_size=s.mc_batch_size, max_length=s.args.max_seq_len,
-                  softmax_dtype=torch.float32)
+        lm = HFLM(pretrained=model.eval(), tokenizer=transformers.LlamaTokenizer(vocab_file=s.tokenizer, legacy=True),
+                  batch_size=s.mc_batch_size, max_length=s.args.max_seq_len, softmax_dtype=torch.float32)
         insts = [Instance("loglikelihood", {}, pair, i, metadata=(t, doc_id, 1))
                  for i, (t, doc_id, pair) in enumerate(requests)]
-        return (lambda i: [ll for ll, _ in lm.loglikelihood(insts, disable_tqdm=True)]), param_bytes(model)
+        return lambda i: [ll for ll, _ in lm.loglikelihood(insts, disable_tqdm=True)]
 
     n_docs = sum(map(len, docs.values()))
     row = {"units": "documents/s", "tasks": tasks, "limit": s.mc_limit, "documents": n_docs,
@@ -431,81 +392,35 @@ def bench_mc(s):
     return row
 
 
-def bench_prep(s):
-    """Alpaca preparation with a fresh cache every run, and prompt inversion, against Stanford Alpaca's own
-    preprocessing (HF's slow LlamaTokenizer, string by string, truncated at 512) on the same records."""
-    import shutil
-    import tempfile
-    import transformers
-    from data.invert import invert_records
-    from data.prepare import format_prompt, load_records, prepare_dataset
-    work = Path(tempfile.mkdtemp())
-    src = Path(s.prep_data or SHARED / "data" / "alpaca" / "alpaca_data.json.gz")
-    records = load_records(src)[:s.prep_limit or None]
-    (work / "records.json").write_text(dumps(records))  # both sides read exactly these records
-    tok = tokenizer_path(s)
-
-    def ours():
-        def run(i):
-            _, _, rep = prepare_dataset(str(work / "records.json"), str(tok), 512, cache_dir=work / f"c{i}",
-                                        verbose=False)
-            return [rep["tokens"], rep["prompt_tokens"]]
-        return run, 0
-
-    def hf():
-        slow = transformers.LlamaTokenizer(vocab_file=str(tok), legacy=True)
-
-        def run(i):
-            sources = [format_prompt(r["instruction"], r["input"]) for r in records]
-            full = [slow(x + r["output"] + slow.eos_token, max_length=512, truncation=True).input_ids
-                    for x, r in zip(sources, records)]
-            prompt = [slow(x, max_length=512, truncation=True).input_ids for x in sources]
-            return [sum(map(len, full)), sum(min(len(p), len(f)) for p, f in zip(prompt, full))]
-        return run, 0
-
-    try:
-        row, first = compare(s, {"ours": ours, "hf": hf}, "prep", len(records),
-                             {"units": "records/s", "data": str(src), "records": len(records)})
-        inv = measure(SimpleNamespace(**{**vars(s), "no_hf": True}),
-                      {"ours": lambda: (lambda i: invert_records(records), 0)}, "invert")["ours"]
-    finally:
-        shutil.rmtree(work)
-    row["invert"] = {"median_s": round(statistics.median(inv["times"]), 6), "records": len(records)}
-    if "hf" in first:  # tokens and prompt tokens after truncation: the two pipelines must agree exactly
-        row["same_counts"] = float(first["ours"] == first["hf"])
-    return row
-
-
-# name -> (function(s) -> the mode's row fields, the peer packages it needs unless no_hf)
+# name -> (function(s) -> the mode's row fields, the peer packages it needs unless no_hf); docs/benchmarks.md
 MODES = {"train": (bench_train, ["transformers"]), "generate": (bench_generate, ["transformers"]),
-         "mc": (bench_mc, ["transformers", "lm_eval"]), "prep": (bench_prep, ["transformers"])}
+         "mc": (bench_mc, ["transformers", "lm_eval"])}
 
 
 # -----------------------------------------------------------------------------
 # set-up, report, main
 
 def setup(c):
-    """The checked config as a namespace, plus what it implies: modes, the torch device and dtype, the model
-    shape (args), the GPU's bf16 peak FLOP/s (peak)."""
+    """The checked config as a namespace, with what it implies: modes, the torch device and dtype (dtype_name: its
+    name), the model's ModelArgs (args), the GPU's bf16 peak FLOP/s (peak)."""
     def need(ok, msg):
         if not ok:
             raise ConfigError(msg)
-    for k in ("batch_size", "grad_accum", "seq_len", "new_tokens", "steps", "mc_limit", "mc_batch_size"):
+    for k in ("batch_size", "grad_accum", "seq_len", "new_tokens", "steps", "warmup", "mc_limit", "mc_batch_size"):
         need(c[k] >= 1, f"--{k} must be a positive integer, got {c[k]}")
-    need(c["warmup"] >= 1, f"--warmup must be at least 1, got {c['warmup']}")
     need(c["threads"] >= 0, f"--threads must be >= 0 (0: torch's default), got {c['threads']}")
     need(c["seq_len"] % 8 == 0, f"--seq_len must be a multiple of 8 (the micro-batch padding), got {c['seq_len']}")
     for k, allowed in {"dtype": DTYPES, "optimizer": ("adamw", "adamw_bf16")}.items():
         need(c[k] in allowed, f"--{k}: invalid choice: {c[k]!r} (choose from {', '.join(allowed)})")
-    s = SimpleNamespace(**c, modes=[m.strip() for m in c["mode"].split(",") if m.strip()], dtype_name=c["dtype"])
+    s = SimpleNamespace(**c)
+    s.modes = [m.strip() for m in c["mode"].split(",") if m.strip()]
     for m in [m for m in s.modes if m not in MODES] or ([] if s.modes else [c["mode"]]):
         raise ConfigError(f"unknown mode {m!r}: expected a comma-separated list of {', '.join(MODES)}")
     try:
-        s.device, s.dtype = torch.device(c["device"]), DTYPES[c["dtype"]]
+        s.device = torch.device(c["device"])
     except RuntimeError:
-        s.device = None
-    need(s.device is not None and s.device.type in ("cpu", "cuda"),
-         f"unknown device {c['device']!r}: expected cpu or cuda[:N]")
+        s.device = torch.device("meta")  # refused below
+    need(s.device.type in ("cpu", "cuda"), f"unknown device {c['device']!r}: expected cpu or cuda[:N]")
     need(s.device.type == "cpu" or torch.cuda.is_available(), "--device cuda: no CUDA device is available")
     s.model, s.args = load_shape(c["model"])
     need("train" not in s.modes or s.seq_len <= s.args.max_seq_len,
@@ -516,25 +431,22 @@ def setup(c):
         check_writable(s.results)
     if s.threads:
         torch.set_num_threads(s.threads)
-    name = device_name(s.device)
-    s.device_name = name
-    s.peak = next((v for k, v in PEAK_BF16.items() if k in name), None) if s.dtype == torch.bfloat16 else None
+    s.dtype_name, s.dtype, s.device_name = c["dtype"], DTYPES[c["dtype"]], device_name(s.device)
+    s.peak = next((v for k, v in PEAK_BF16.items() if k in s.device_name), None) if c["dtype"] == "bfloat16" else None
     return s
 
 
 def print_row(row):
-    train = f"  batch {row['batch_size']} x {row['grad_accum']}, seq_len {row['seq_len']}"
-    print(f"{row['mode']}  {row['model']}  {row['dtype']}  {row['device']}" + (train if row["mode"] == "train" else ""))
+    shape = f"  batch {row['batch_size']} x {row['grad_accum']}, seq_len {row['seq_len']}" * (row["mode"] == "train")
+    print(f"{row['mode']}  {row['model']}  {row['dtype']}  {row['device']}{shape}")
     print(f"  {'':6} {'median s':>10} {row['units']:>24} {'peak GB':>9} {'MFU':>7}")
-    for side in ("ours", "hf"):
-        if r := row.get(side):
-            mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
-            print(f"  {side:6} {r['median_s']:>10.4f} {r['per_s']:>24,.1f} {r['peak_mem_gb']:>9.3f} {mfu:>7}")
+    for side, r in [(side, row[side]) for side in ("ours", "hf") if row[side]]:
+        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+        print(f"  {side:6} {r['median_s']:>10.4f} {r['per_s']:>24,.1f} {r['peak_mem_gb']:>9.3f} {mfu:>7}")
     if row["ratio"]:
         print(f"  ours / HF: {row['ratio']:.2f}x")
-    for k in ("loss_diff", "same_tokens", "max_abs_ll_diff", "same_counts"):
-        if k in row:
-            print(f"  {k}: {row[k]:.3g}")
+    for k in [k for k in ("loss_diff", "same_tokens", "max_abs_ll_diff") if k in row]:
+        print(f"  {k}: {row[k]:.3g}")
 
 
 def append_row(path, row):
