@@ -437,16 +437,16 @@ def setup(c):
 
 
 def print_row(row):
-    shape = f"  batch {row['batch_size']} x {row['grad_accum']}, seq_len {row['seq_len']}" * (row["mode"] == "train")
-    print(f"{row['mode']}  {row['model']}  {row['dtype']}  {row['device']}{shape}")
-    print(f"  {'':6} {'median s':>10} {row['units']:>24} {'peak GB':>9} {'MFU':>7}")
+    shape = f", batch {row['batch_size']} x {row['grad_accum']}, seq_len {row['seq_len']}" * (row["mode"] == "train")
+    print(f"{row['mode']}: {row['model']}, {row['dtype']}, {row['device']}{shape}")
     for side, r in [(side, row[side]) for side in ("ours", "hf") if row[side]]:
-        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
-        print(f"  {side:6} {r['median_s']:>10.4f} {r['per_s']:>24,.1f} {r['peak_mem_gb']:>9.3f} {mfu:>7}")
-    if row["ratio"]:
-        print(f"  ours / HF: {row['ratio']:.2f}x")
-    for k in [k for k in ("loss_diff", "same_tokens", "max_abs_ll_diff") if k in row]:
-        print(f"  {k}: {row[k]:.3g}")
+        mfu = f", MFU {r['mfu']:.1%}" if "mfu" in r else ""
+        print(f"  {side:4} {r['per_s']:>12,.1f} {row['units']}, median {r['median_s']:.4f} s, "
+              f"peak {r['peak_mem_gb']:.3f} GB{mfu}")
+    notes = [f"ours / HF: {row['ratio']:.2f}x"] if row["ratio"] else []
+    notes += [f"{k}: {row[k]:.3g}" for k in ("loss_diff", "same_tokens", "max_abs_ll_diff") if k in row]
+    if notes:
+        print("  " + ", ".join(notes))
 
 
 def append_row(path, row):

@@ -97,6 +97,21 @@ def test_mc_row_matches_lm_eval(tmp_path, config):
     assert row["max_abs_ll_diff"] < 1e-3
 
 
+def test_a_mode_is_one_function_and_one_entry(tmp_path, monkeypatch):
+    # the hook for modes to come (a tokenizer's, say): a function of the config and a MODES entry; with_model=False
+    # builds no model and hands each side None
+    def bench_count(s):
+        sides = {"ours": lambda model: (lambda i: sum(range(1000))), "hf": lambda model: (lambda i: 499500)}
+        row, first = bench.compare(s, sides, "count", 1000, {"units": "items/s"}, with_model=False)
+        return dict(row, same=float(first["ours"] == first["hf"]))
+    monkeypatch.setitem(bench.MODES, "count", (bench_count, []))
+    results = tmp_path / "r.jsonl"
+    assert bench.main(["--mode=count", "--steps=2", "--warmup=1", "--json=True", f"--results={results}"]) == 0
+    (row,) = rows_of(results)
+    assert row["mode"] == "count" and row["same"] == 1.0 and row["ratio"] > 0
+    assert len(row["ours"]["times_s"]) == len(row["hf"]["times_s"]) == 2
+
+
 def test_alpaca_like_batches():
     gen = torch.Generator().manual_seed(0)
     pairs = bench.alpaca_lengths(20000, 4096, gen)
