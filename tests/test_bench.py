@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 SMALL = {"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2, "vocab_size": 32000, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
          "bos_token_id": 1, "eos_token_id": 2}
-FAST = ["--steps", "2", "--warmup", "1", "--batch_size", "3", "--seq_len", "64", "--new_tokens", "6"]
+FAST = ["--steps=2", "--warmup=1", "--batch_size=3", "--seq_len=64", "--new_tokens=6"]
 KEYS = {"date", "device", "torch", "transformers", "command", "mode", "model", "params", "dtype", "batch_size",
         "grad_accum", "seq_len", "steps", "ours", "hf", "ratio", "peak_mem_gb", "mfu", "units", "busy_elsewhere"}
 
@@ -44,12 +44,11 @@ def check_row(row, mode, argv):
     for side in ("ours", "hf"):
         r = row[side]
         assert len(r["times_s"]) == 2 and r["median_s"] > 0
-        assert r["peak_mem_gb"] >= 0 if mode == "prep" else r["peak_mem_gb"] > 0  # prep holds no model
+        assert r["peak_mem_gb"] > 0
         if mode == "train":  # the median of the two steps' rates: their mean, as tokens differ per batch
             assert min(r["times_s"]) <= r["median_s"] <= max(r["times_s"]) and r["per_s"] > 0
         else:
-            units = {"generate": row.get("prompts", 0) * row.get("new_tokens", 0), "prep": row.get("records")}.get(
-                mode, row.get("documents"))
+            units = {"generate": row.get("prompts", 0) * row.get("new_tokens", 0)}.get(mode, row.get("documents"))
             assert units / max(r["times_s"]) * 0.999 <= r["per_s"] <= units / min(r["times_s"]) * 1.001
     assert row["ratio"] == pytest.approx(row["ours"]["per_s"] / row["hf"]["per_s"], rel=1e-2)
     assert row["peak_mem_gb"] == row["ours"]["peak_mem_gb"]
@@ -57,7 +56,7 @@ def check_row(row, mode, argv):
 
 def test_train_and_generate_rows(tmp_path, config, capsys):
     results = tmp_path / "out" / "results.jsonl"
-    argv = ["--model", str(config), "--mode", "train,generate", *FAST, "--json", "--results", str(results)]
+    argv = [f"--model={config}", "--mode=train,generate", *FAST, "--json=True", f"--results={results}"]
     assert bench.main(argv) == 0
     rows = rows_of(results)
     assert [r["mode"] for r in rows] == ["train", "generate"]
@@ -75,8 +74,8 @@ def test_train_and_generate_rows(tmp_path, config, capsys):
 
     # a second run appends; a file whose last line lacks its newline is repaired, not corrupted
     results.write_text(results.read_text().rstrip("\n"))
-    assert bench.main(["--model", str(config), "--mode", "generate", *FAST, "--no_hf", "--json",
-                       "--results", str(results)]) == 0
+    assert bench.main([f"--model={config}", "--mode=generate", *FAST, "--no_hf=True", "--json=True",
+                       f"--results={results}"]) == 0
     rows = rows_of(results)
     assert [r["mode"] for r in rows] == ["train", "generate", "generate"]
     assert rows[2]["hf"] is None and rows[2]["ratio"] is None and rows[2]["ours"]["per_s"] > 0
@@ -88,8 +87,8 @@ def test_mc_row_matches_lm_eval(tmp_path, config):
     require(EVAL_HF / "arc_easy.jsonl")
     require(LLAMA_TOKENIZER)
     results = tmp_path / "r.jsonl"
-    argv = ["--model", str(config), "--mode", "mc", *FAST, "--mc_tasks", "arc_easy", "--mc_limit", "3",
-            "--mc_data_dir", str(EVAL_HF), "--tokenizer", str(LLAMA_TOKENIZER), "--json", "--results", str(results)]
+    argv = [f"--model={config}", "--mode=mc", *FAST, "--mc_tasks=arc_easy", "--mc_limit=3",
+            f"--mc_data_dir={EVAL_HF}", f"--tokenizer={LLAMA_TOKENIZER}", "--json=True", f"--results={results}"]
     assert bench.main(argv) == 0
     (row,) = rows_of(results)
     check_row(row, "mc", argv)
@@ -98,16 +97,19 @@ def test_mc_row_matches_lm_eval(tmp_path, config):
     assert row["max_abs_ll_diff"] < 1e-3
 
 
-def test_prep_row_same_counts_as_stanford_preprocessing(tmp_path):
-    require(LLAMA_TOKENIZER)
+def test_a_mode_is_one_function_and_one_entry(tmp_path, monkeypatch):
+    # the hook for modes to come (a tokenizer's, say): a function of the config and a MODES entry; with_model=False
+    # builds no model and hands each side None
+    def bench_count(s):
+        sides = {"ours": lambda model: (lambda i: sum(range(1000))), "hf": lambda model: (lambda i: 499500)}
+        row, first = bench.compare(s, sides, "count", 1000, {"units": "items/s"}, with_model=False)
+        return dict(row, same=float(first["ours"] == first["hf"]))
+    monkeypatch.setitem(bench.MODES, "count", (bench_count, []))
     results = tmp_path / "r.jsonl"
-    argv = ["--mode", "prep", "--prep_data", str(ROOT / "data" / "samples" / "alpaca_2k.json"), "--prep_limit", "150",
-            "--steps", "2", "--warmup", "1", "--tokenizer", str(LLAMA_TOKENIZER), "--json", "--results", str(results)]
-    assert bench.main(argv) == 0
+    assert bench.main(["--mode=count", "--steps=2", "--warmup=1", "--json=True", f"--results={results}"]) == 0
     (row,) = rows_of(results)
-    check_row(row, "prep", argv)
-    assert row["records"] == 150 and row["invert"]["records"] == 150
-    assert row["same_counts"] == 1.0  # our pipeline and Stanford's (HF slow tokenizer) count the same tokens
+    assert row["mode"] == "count" and row["same"] == 1.0 and row["ratio"] > 0
+    assert len(row["ours"]["times_s"]) == len(row["hf"]["times_s"]) == 2
 
 
 def test_alpaca_like_batches():
@@ -167,21 +169,25 @@ def test_train_step_gradients_equal_hf_loop(config):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "nope"], "unknown model 'nope'"),
-    (["--mode", "train,fly"], "unknown mode 'fly'"),
-    (["--steps", "0"], "--steps must be a positive integer"),
-    (["--dtype", "float16"], "invalid choice: 'float16'"),
-    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
-    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--model=nope"], "unknown model 'nope'"),
+    (["--mode=train,fly"], "unknown mode 'fly'"),
+    (["--steps=0"], "--steps must be a positive integer"),
+    (["--dtype=float16"], "invalid choice: 'float16'"),
+    (["--frobnicate=1"], "unknown config key 'frobnicate'"),  # config.py's message, as train.py's
+    (["--batchsize=3"], "(did you mean 'batch_size'?)"),
+    (["--steps=two"], "steps must be a int, got 'two'"),
+    (["--device=tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_arguments_one_line(args, message, capsys):
-    assert bench.main(args) == 1
+    with pytest.raises(SystemExit) as e:
+        bench.cli(bench.main, "bench.py", args)
+    assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("bench.py: error: ") and message in err and err.count("\n") == 1, err
 
 
 def test_cli_error_exit_code_without_traceback():
-    r = subprocess.run([sys.executable, "bench.py", "--model", "llama-9000b"], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "bench.py", "--model=llama-9000b"], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().startswith("bench.py: error: unknown model 'llama-9000b'") and "Traceback" not in r.stderr
