@@ -246,14 +246,22 @@ def write_train_state(state, path):
     torch.save(state, path)
 
 
-def save_checkpoint(out, it, model_sd, args, tokenizer_path, state, keep):
+# the base model's HF tokenizer files travel with the fine-tuned model, so transformers and lm-evaluation-harness load
+# its tokenizer too (LLaMA 3 has no slow, tokenizer.model-based HF tokenizer)
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def save_checkpoint(out, it, model_sd, args, tokenizer_path, state, keep, base_dir=None):
     final, tmp = Path(out) / f"ckpt-{it:06d}", Path(out) / f".ckpt-{it:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_hf_checkpoint(model_sd, args, tmp)
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+    for name in HF_TOKENIZER_FILES:
+        if base_dir and (Path(base_dir) / name).is_file():
+            shutil.copyfile(Path(base_dir) / name, tmp / name)
     write_train_state(state, tmp / "train_state.pt")
-    for f in tmp.iterdir():  # model files were fsynced by save_hf_checkpoint; these two were not
+    for f in tmp.iterdir():  # model files were fsynced by save_hf_checkpoint; the others were not
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     fsync_dir(tmp)
@@ -320,7 +328,7 @@ def claim_run_dir(c):
 def clear_run_dir(out):
     """--overwrite: nothing of the old run may pass for the new one, its exported model neither"""
     for p in [out / "run_config.json", out / "log.jsonl", *list_checkpoints(out), out / "config.json",
-              out / "tokenizer.model", *out.glob("model*.safetensors*")]:
+              out / "tokenizer.model", *out.glob("model*.safetensors*"), *(out / f for f in HF_TOKENIZER_FILES)]:
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 

@@ -186,7 +186,7 @@ def checkpoint(run, it):
         state = {"iter": it, "optimizer": opt_sd, "rng": rng, "config": c, "global_batch": run["G"],
                  "data_fingerprint": run["fingerprint"]}
         path = save_checkpoint(c["out_dir"], it, {hf_key(k): v for k, v in sd.items()}, model.args, run["tok_path"],
-                               state, c["keep_checkpoints"])
+                               state, c["keep_checkpoints"], base_dir=c["init_from"])
     if run["world"] > 1:
         dist.barrier()
     return path
@@ -213,13 +213,11 @@ def load_base(c):
         raise ConfigError(f"no model at init_from={c['init_from']!r}: put a LLaMA in HF layout there (config.json, "
                           f"model.safetensors or its shards, tokenizer.model; e.g. `huggingface-cli download "
                           f"meta-llama/Llama-2-7b-hf --local-dir {c['init_from']}`) or pass --init_from=/path/to/model")
-    tok_path = Path(c["tokenizer"]) if c["tokenizer"] else init / "tokenizer.model"
-    if not tok_path.is_file():
-        raise ConfigError(f"tokenizer not found: {tok_path} (set tokenizer= to the model's tokenizer.model)")
-    try:
-        tok = Tokenizer(tok_path)
+    try:  # a sentencepiece or tiktoken-format tokenizer.model; a model dir's config.json may set LLaMA 3's BOS / EOS
+        tok = Tokenizer(c["tokenizer"] or init)
+        tok_path = Path(tok.path)
         args = args_from_hf_config(json.loads((init / "config.json").read_text()), source=str(init / "config.json"))
-    except (json.JSONDecodeError, ValueError) as e:
+    except (json.JSONDecodeError, ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
     if tok.vocab_size != args.vocab_size:
         raise ConfigError(f"tokenizer {tok_path} has {tok.vocab_size} tokens but the model in {c['init_from']} has a "
@@ -352,8 +350,8 @@ def setup(c):
     ckpts = claim_run_dir(c) if master else list_checkpoints(c["out_dir"])  # rank 0 checks and writes out_dir
     tok_path, base_args = load_base(c)
 
-    train_data, val_data, report = prepare_dataset(c["dataset"], str(tok_path), c["max_seq_len"], val_size=c["val_size"],
-                                                   seed=c["seed"], verbose=master)
+    train_data, val_data, report = prepare_dataset(c["dataset"], c["tokenizer"] or c["init_from"], c["max_seq_len"],
+                                                   val_size=c["val_size"], seed=c["seed"], verbose=master)
     check_trainable(c, train_data)
     n = len(train_data["offsets"]) - 1
     G = c["batch_size"] * c["gradient_accumulation_steps"] * world

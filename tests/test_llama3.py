@@ -263,3 +263,29 @@ def test_generation_stops_on_every_eos_id(tmp_path):
         [out] = complete(model, tok, [tok.encode("Hi", bos=True)], max_new_tokens=8, progress=False)
         assert model.eos_id == [128001, 128009]
         assert out == {"text": "I", "tokens": [40], "eos": True}
+
+
+def test_train_exports_a_llama3_model_transformers_loads(llama3_dir, tmp_path):
+    # train.py end to end with the tiktoken-format tokenizer: trains, exports, and the export (weights, config, the
+    # tokenizer file and the HF tokenizer files) loads in transformers with our logits
+    transformers = pytest.importorskip("transformers")
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(json.loads((ROOT / "data" / "samples" / "alpaca_2k.json").read_text())[:16]))
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "train.py", "configs/tiny_stories.py", f"--init_from={llama3_dir}",
+                        f"--dataset={data}", f"--out_dir={out}", "--max_iters=2", "--batch_size=4",
+                        "--gradient_accumulation_steps=2", "--max_seq_len=128", "--warmup_iters=0"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(row["loss"]) for row in rows)
+    assert Tokenizer(out).kind == "tiktoken" and (out / "tokenizer.json").is_file()
+    ours = load_model(out)
+    hf = transformers.LlamaForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
+    ids = Tokenizer(out).encode("Below is an instruction that describes a task.", bos=True)
+    assert transformers.AutoTokenizer.from_pretrained(out)("Below is an instruction that describes a task.").input_ids == ids
+    idx = torch.tensor([ids])
+    with torch.no_grad():
+        a, b = ours(idx), hf(idx).logits
+    assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
+    assert any(not torch.equal(p, q) for p, q in zip(ours.parameters(), load_model(llama3_dir).parameters()))
