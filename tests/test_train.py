@@ -417,3 +417,95 @@ def test_out_dir_holding_a_foreign_model_is_never_touched(tmp_path):
         r = run_train(*TINY, f"--out_dir={foreign}", "--max_iters=1", *extra, check=False)
         assert r.returncode == 1 and "holds a model that is not a nanoPLW run" in r.stderr
     assert {p.name: p.read_bytes() for p in foreign.iterdir()} == before
+
+
+# ------------------------------------------------------------------------------------------------ loss_norm, Minkowski
+
+def independent_gradient(records, plw, ids, norm, micro=None, max_seq_len=256):
+    """The loss of each normalisation, written out from its definition one example at a time: global = sum w*CE /
+    sum w; nonzero = sum w*CE / #targets with w > 0 (WIT / TRL); micro_mean = the mean over the given micro-batches
+    (lists of example ids) of each one's sum w*CE / sum w (HF Trainer's gradient accumulation)."""
+    from data.prepare import format_prompt
+    tok = Tokenizer(STORIES / "tokenizer.model")
+    m = load_model(STORIES).train()
+    per = {}
+    for i in ids:
+        r = records[i]
+        prompt = format_prompt(r["instruction"], r["input"])
+        full = ([tok.bos_id] + tok.encode(prompt + r["output"]) + [tok.eos_id])[:max_seq_len]
+        n_prompt = 1 + len(tok.encode(prompt))
+        ce = F.cross_entropy(m(torch.tensor([full[:-1]]))[0], torch.tensor(full[1:]), reduction="none")
+        wt = torch.tensor([plw if j + 1 < n_prompt else 1.0 for j in range(len(full) - 1)])
+        per[int(i)] = ((ce * wt).sum(), wt.sum().item(), int((wt > 0).sum()))
+    if norm == "micro_mean":
+        loss = sum(sum(per[int(i)][0] for i in mb) / sum(per[int(i)][1] for i in mb) for mb in micro) / len(micro)
+    else:
+        den = sum(v[1] if norm == "global" else v[2] for v in per.values())
+        loss = sum(v[0] for v in per.values()) / den
+    loss.backward()
+    return {k: p.grad for k, p in m.named_parameters()}
+
+
+def train_gradient(data, ids, plw, batch_size, accum, norm):
+    """the gradient train.py forms with train.loss_factor and train.micro_loss"""
+    m = load_model(STORIES).train()
+    c = {"loss_norm": norm, "gradient_accumulation_steps": accum}
+    n_targets, n_prompt = target_counts(data, ids)
+    W = plw * n_prompt + (n_targets - n_prompt)
+    n_nonzero = n_targets if plw > 0 else n_targets - n_prompt
+    micro = split_micro_batches(ids, np.diff(data["offsets"]), batch_size, accum)
+    for mb in micro:
+        x, y, w, p = collate(data, mb, plw)
+        loss, _ = train.micro_loss(m, x, y, w, train.loss_factor(c, W, n_nonzero, 1, float(w.sum())), 0.0)
+        loss.backward()
+    return {k: p.grad for k, p in m.named_parameters()}, micro
+
+
+@pytest.mark.parametrize("norm", ["global", "nonzero", "micro_mean"])
+@pytest.mark.parametrize("plw", [0.0, 0.1])
+def test_loss_normalisations_equal_their_definitions(records, norm, plw):
+    tok = Tokenizer(STORIES / "tokenizer.model")
+    data, _, _ = select(tokenize(records, tok), np.arange(len(records)), 256)
+    ids = step_examples(0, len(records), 8, 1337)
+    grads = {}
+    for bs, accum in [(8, 1), (2, 4)]:
+        g, micro = train_gradient(data, ids, plw, bs, accum, norm)
+        ref = independent_gradient(records, plw, ids, norm, micro=micro)
+        scale = max(v.abs().max().item() for v in ref.values())
+        assert max((g[k] - ref[k]).abs().max().item() for k in ref) <= 1e-6 * scale, (bs, accum)
+        grads[bs, accum] = g
+    # global and nonzero are properties of the global batch: any split gives the same gradient; micro_mean is not
+    # (a token weighs more in a micro-batch with less total weight), which the docs say
+    diff = max((grads[8, 1][k] - grads[2, 4][k]).abs().max().item() for k in grads[8, 1])
+    assert (diff <= 1e-6 * scale) == (norm != "micro_mean"), diff
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0, 3.0])
+def test_minkowski_penalty_gradient_is_autograd_of_the_penalty(p):
+    g = torch.Generator().manual_seed(0)
+    base = [torch.randn(5, 7, generator=g), torch.randn(11, generator=g)]
+    params = [torch.nn.Parameter(b + 0.1 * torch.randn(b.shape, generator=g)) for b in base]
+    params[0].data[0, :3] = base[0][0, :3]  # some weights exactly at theta_0: the penalty's gradient there is 0
+    prior = [torch.randn(q.shape, generator=g) for q in params]  # a gradient already accumulated from the loss
+    for q, pr in zip(params, prior):
+        q.grad = pr.clone()
+    lam = 0.03
+    value = train.minkowski_penalty(params, base, lam, p)
+    ref_params = [torch.nn.Parameter(q.detach().clone()) for q in params]
+    penalty = lam * sum((q - b).abs().pow(p).sum() for q, b in zip(ref_params, base))
+    penalty.backward()
+    assert value == pytest.approx(penalty.item(), rel=1e-6)
+    for q, r, pr in zip(params, ref_params, prior):
+        expected = pr + torch.nan_to_num(r.grad)  # autograd's |x|^p at 0 for p = 1 is 0 too (sign(0) = 0)
+        assert torch.allclose(q.grad, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_minkowski_run_logs_the_penalty_and_stays_closer_to_the_base(tmp_path, data_file):
+    common = [*TINY, f"--dataset={data_file}", "--max_iters=3"]
+    run_train(*common, f"--out_dir={tmp_path / 'plain'}")
+    run_train(*common, f"--out_dir={tmp_path / 'mink'}", "--minkowski_lambda=1.0", "--minkowski_p=2.0")
+    rows = log_rows(tmp_path / "mink")
+    assert rows[0]["minkowski_penalty"] == 0.0 and rows[-1]["minkowski_penalty"] > 0
+    base = weights(STORIES)
+    dist = {k: sum(((weights(tmp_path / k)[n] - base[n]) ** 2).sum().item() for n in base) for k in ("plain", "mink")}
+    assert dist["mink"] < dist["plain"]
