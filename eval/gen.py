@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from tqdm import tqdm
 
+from model import sample
 from util import DataError, check_writable, cli, write_json
 
 HARNESS_VERSION = "0.4.13"
@@ -220,45 +221,99 @@ def stop_strings(task, tokenizer):
 
 
 @torch.inference_mode()
+def greedy_until(model, contexts, max_new_tokens, eos_id, finished):
+    """Greedy decoding of a batch of token lists with a static KV cache, where each row leaves as soon as it ends:
+    at EOS, after max_new_tokens, or when finished(i, new_tokens_of_row_i) says so (its text holds a stop string).
+    Returns each row's new tokens. The arithmetic is model.generate's (one right-padded prefill, then every row
+    decoding at its own position through a mask over the cache); what this adds is the per-row stop test, one host
+    sync per token, and dropping finished rows from the batch (the cache is compacted when a quarter of its rows
+    have finished, so a batch's cost follows its live rows, not its longest one)."""
+    device = model.lm_head.weight.device
+    B = len(contexts)
+    lens = torch.tensor([len(c) for c in contexts], device=device)
+    max_len = max(len(c) for c in contexts)
+    total = max_len + max_new_tokens
+    tokens = torch.zeros(B, max_len, dtype=torch.long, device=device)
+    for b, c in enumerate(contexts):
+        tokens[b, :len(c)] = torch.tensor(c, device=device)
+    cache = model.make_cache(B, total)
+    rows = list(range(B))            # the context each cache row holds
+    live = [True] * B
+    new = [[] for _ in range(B)]
+    pos = lens.clone()               # (rows,) where each row's next token goes
+    ar = torch.arange(total, device=device)
+    h = model(tokens, cache=cache, return_hidden=True)[torch.arange(B, device=device), lens - 1]    # (B, dim)
+    for step in range(max_new_tokens):
+        if step:  # feed each row's previous token at its own position pos - 1; keys up to there
+            mask = (ar[:max_len + step] < pos[:, None])[:, None, None]                           # (rows, 1, 1, S)
+            h = model(nxt[:, None], cache=cache, start_pos=pos - 1, mask=mask, return_hidden=True)[:, 0]
+        # on CPU, MKL computes this skinny product faster as (V, dim) @ (dim, rows), as model.generate does
+        logits = model.lm_head.weight.mm(h.T).T if h.device.type == "cpu" else model.lm_head(h)
+        nxt = sample(logits)                                                                     # greedy (rows,)
+        pos += 1
+        for j, t in enumerate(nxt.tolist()):
+            if live[j]:
+                r = rows[j]
+                new[r].append(t)
+                if t == eos_id or len(new[r]) >= max_new_tokens or finished(r, new[r]):
+                    live[j] = False
+        n_live = sum(live)
+        if n_live == 0:
+            break
+        if n_live <= 0.75 * len(rows):  # drop the finished rows: every later step costs only the live ones
+            keep = torch.tensor([j for j, a in enumerate(live) if a], device=device)
+            cache = [(k[keep], v[keep]) for k, v in cache]
+            pos, nxt = pos[keep], nxt[keep]
+            rows = [rows[j] for j in keep.tolist()]
+            live = [True] * len(rows)
+    return new
+
+
 def generate_until(model, tokenizer, prompts, stops, max_gen_toks=MAX_GEN_TOKS, max_length=None, batch_size=32,
-                   chunk=32, progress=True, desc="generating"):
+                   progress=True, desc="generating", details=False):
     """Greedy continuations of `prompts` (strings), each cut at its first stop string, as the harness's
     HFLM.generate_until returns them. stops: one list of stop strings per prompt (or one list for all).
-
-    Rows are sorted longest first and batched; each batch runs model.generate in rounds of `chunk` new tokens (the
-    first round), doubling every round, and after each round the rows whose text holds a stop string, or which
-    ended with EOS or reached max_gen_toks, leave the batch. A later round prefills the remaining rows' prompt +
-    generated tokens again: few rounds, and a row never generates more than about twice the tokens it needs.
-    """
+    details=True: per prompt {"output", "new_tokens", "finish": "stop" | "eos" | "length"} instead of the string.
+    Rows are sorted longest first and batched; a row leaves its batch at EOS or as soon as its text holds a stop
+    string. The model is used as it is (eval mode is the caller's business)."""
     max_length = max_length or model.args.max_seq_len
     if max_length - max_gen_toks <= 0:
         raise ValueError(f"max_gen_toks {max_gen_toks} must be less than the model's max_length {max_length}")
     if isinstance(stops[0], str):
         stops = [stops] * len(prompts)
     eos = model.args.eos_id if model.args.eos_id is not None else tokenizer.eos_id  # HF generate's eos
+    # [BOS] + prompt, then the harness's left truncation to max_length - max_gen_toks tokens
     contexts = [ids[-(max_length - max_gen_toks):] for ids in tokenizer.encode_batch(prompts, bos=True)]
     order = sorted(range(len(prompts)), key=lambda i: -len(contexts[i]))
-    new = [[] for _ in prompts]
-    outputs = [None] * len(prompts)
+    results = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="doc", disable=not progress, file=sys.stderr)
+    # A stop string that newly appears in the text must end in what the last token added to it: decoding appends
+    # a piece's text (or a byte piece's character), it never changes what came before. So the text only needs
+    # decoding after a token whose addition can hold a stop string's last character: a byte piece (any character)
+    # or a piece with that character in it. Special tokens add nothing.
+    pieces = [tokenizer.id_to_piece(i).replace("▁", " ") for i in range(tokenizer.vocab_size)]
+    special = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id}
+    triggers = {}
+    for st in map(tuple, stops):
+        if st not in triggers:
+            last = {s[-1] for s in st if s}
+            triggers[st] = {i for i, piece in enumerate(pieces) if i not in special and
+                            (tokenizer.sp.is_byte(i) or any(c in piece for c in last))}
     for start in range(0, len(order), batch_size):
-        active, n = order[start:start + batch_size], chunk
-        while active:
-            n = min(n, max_gen_toks - len(new[active[0]]))  # all active rows have generated the same number
-            out = model.generate([contexts[i] + new[i] for i in active], n, eos_id=eos)
-            still = []
-            for i, row in zip(active, out):
-                added = row[len(contexts[i]) + len(new[i]):]
-                new[i] += added
-                text = hf_decode(tokenizer, new[i])
-                if (added and added[-1] == eos) or len(new[i]) >= max_gen_toks or any(s in text for s in stops[i]):
-                    outputs[i] = cut_at_stops(text, stops[i])
-                    bar.update(1)
-                else:
-                    still.append(i)
-            active, n = still, 2 * n
+        batch = order[start:start + batch_size]
+
+        def holds_stop(j, ids):
+            st = stops[batch[j]]
+            return ids[-1] in triggers[tuple(st)] and any(s in hf_decode(tokenizer, ids) for s in st)
+
+        for i, ids in zip(batch, greedy_until(model, [contexts[i] for i in batch], max_gen_toks, eos, holds_stop)):
+            text = hf_decode(tokenizer, ids)
+            finish = ("stop" if any(s in text for s in stops[i]) else "eos" if ids and ids[-1] == eos
+                      else "length")
+            results[i] = {"output": cut_at_stops(text, stops[i]), "new_tokens": len(ids), "finish": finish}
+        bar.update(len(batch))
     bar.close()
-    return outputs
+    return results if details else [r["output"] for r in results]
 
 # -----------------------------------------------------------------------------
 # metrics, as the harness's process_results and aggregations compute them
@@ -277,7 +332,7 @@ def truthfulqa_doc_metrics(doc, output):
         scores[name] = [s[key] for s in r]
     out = {}
     for name, s in scores.items():
-        correct, incorrect = nanmax(s[:len(true_refs)]), nanmax(s[len(true_refs):])
+        correct, incorrect = float(nanmax(s[:len(true_refs)])), float(nanmax(s[len(true_refs):]))
         out[f"{name}_max"] = correct
         out[f"{name}_acc"] = int(correct > incorrect)
         out[f"{name}_diff"] = correct - incorrect
@@ -294,8 +349,9 @@ def mean(values):
     return sum(values) / len(values)  # the harness's `mean`: a plain sum in document order
 
 
-def task_results(task, docs, outputs):
-    samples = [{"doc_id": d["doc_id"], "prompt": d["prompt"], "output": o} for d, o in zip(docs, outputs)]
+def task_results(task, docs, generations):
+    outputs = [g["output"] for g in generations]
+    samples = [{"doc_id": d["doc_id"], "prompt": d["prompt"], **g} for d, g in zip(docs, generations)]
     if task == "truthfulqa_gen":
         per_doc = [truthfulqa_doc_metrics(d, o) for d, o in zip(docs, outputs)]
         result = {m: mean([p[m] for p in per_doc]) for m in TRUTHFULQA_METRICS}
@@ -346,15 +402,15 @@ def evaluate(model, tokenizer, tasks, data_dir, limit=None, batch_size=32, max_n
     was_training = model.training
     model.eval()
     try:  # all tasks in one pass: rows of every task share the batches
-        outputs = generate_until(model, tokenizer, [d["prompt"] for _, d in flat],
-                                 [stop_strings(t, tokenizer) for t, _ in flat], max_new_tokens, max_length,
-                                 batch_size, progress=progress, desc="gen " + ",".join(tasks))
+        generations = generate_until(model, tokenizer, [d["prompt"] for _, d in flat],
+                                     [stop_strings(t, tokenizer) for t, _ in flat], max_new_tokens, max_length,
+                                     batch_size, progress=progress, desc="gen " + ",".join(tasks), details=True)
     finally:
         model.train(was_training)
     out = {"results": {}, "samples": {}}
     at = 0
     for t in tasks:
-        out["results"][t], out["samples"][t] = task_results(t, docs[t], outputs[at:at + len(docs[t])])
+        out["results"][t], out["samples"][t] = task_results(t, docs[t], generations[at:at + len(docs[t])])
         at += len(docs[t])
     device = model.lm_head.weight.device
     out["config"] = {"tasks": tasks, "limit": limit, "max_new_tokens": max_new_tokens, "max_length": max_length,
@@ -370,6 +426,49 @@ def format_table(results):
         for m in (TRUTHFULQA_METRICS if task == "truthfulqa_gen" else WMT_METRICS):
             lines.append(f"| {task} | {r['n']} | {m}{' *' if m == HEADLINE[task] else ''} | {r[m]:.4f} |")
     return "\n".join(lines)
+
+# -----------------------------------------------------------------------------
+# throughput against the harness (bench.py; needs lm_eval and transformers, test-only dependencies)
+
+
+def throughput(model_dir, tasks, data_dir, limit=None, batch_size=32, max_new_tokens=MAX_GEN_TOKS, repeats=3,
+               device="cpu", tokenizer=None):
+    """Time generate_until (ours) against lm-evaluation-harness's HFLM.generate_until on the same requests, in this
+    process, on `device` in fp32; each side `repeats` times, medians. Returns {"documents", "ours_s", "harness_s",
+    "speedup", "identical"} (identical: every output string equal). The harness gets the requests its task YAMLs
+    would make (prompt, until, greedy) with max_gen_toks = max_new_tokens, and the same batch size."""
+    import statistics
+    import transformers
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from checkpoint import load_model
+    from tokenizer import Tokenizer
+
+    tok = Tokenizer(tokenizer or model_dir)
+    model = load_model(model_dir, device=device, dtype=torch.float32)
+    hf_tok = transformers.LlamaTokenizer(vocab_file=tok.path, legacy=True)
+    lm = HFLM(pretrained=str(model_dir), tokenizer=hf_tok, batch_size=batch_size, device=device, dtype="float32")
+    docs = [(t, d) for t in tasks for d in load_docs(t, data_dir, limit)]
+    prompts = [d["prompt"] for _, d in docs]
+    stops = [stop_strings(t, tok) for t, _ in docs]
+    requests = [Instance("generate_until", d, (d["prompt"], {"until": list(UNTIL[t]), "do_sample": False,
+                                                             "temperature": 0.0, "max_gen_toks": max_new_tokens}),
+                         0, metadata=(t, d["doc_id"], 1)) for t, d in docs]
+
+    def timed(fn):
+        times, out = [], None
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times), out
+
+    ours_s, ours = timed(lambda: generate_until(model, tok, prompts, stops, max_new_tokens, batch_size=batch_size,
+                                                progress=False))
+    harness_s, theirs = timed(lambda: lm.generate_until(requests, disable_tqdm=True))
+    return {"documents": len(docs), "ours_s": ours_s, "harness_s": harness_s, "speedup": harness_s / ours_s,
+            "identical": ours == theirs}
+
 
 # -----------------------------------------------------------------------------
 # CLI
