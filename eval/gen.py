@@ -27,7 +27,8 @@ generated string and every metric):
     WMT: "{Source} phrase: {sentence}\\n{Target} phrase:"; the reference is " " + the target sentence (the
     harness's doc_to_target, leading space included, is what it scores against).
   - Tokens: [BOS] + the prompt's tokens (HF's slow LlamaTokenizer adds BOS), left-truncated to the last
-    max_length - max_gen_toks tokens (BOS goes first when it must), max_length = max_position_embeddings.
+    max_length - max_gen_toks tokens (a prompt that long loses its BOS too), max_length = the model's
+    max_position_embeddings (stories260K: 512, so its TruthfulQA prompts keep their last 256 tokens).
   - Decoding: greedy, max_gen_toks = 256 new tokens, a row stops at EOS. The text is the new tokens decoded as
     HF's slow tokenizer decodes them (special tokens skipped, one leading "▁" dropped from the first piece), cut
     at the first occurrence of each stop string in turn: truthfulqa "\\n\\n", WMT "\\n", both also "</s>" (the
@@ -39,11 +40,19 @@ generated string and every metric):
   - WMT metrics: corpus BLEU (13a), chrF and TER with sacreBLEU's defaults over all the task's documents, each
     output against its reference.
 
-Why it is faster: batched generation with a static KV cache (model.generate), rows sorted by prompt length, and a
-row leaves its batch as soon as its text holds a stop string (the harness generates until every row of its batch
-has one, or 256 tokens). A stop string, once in the text, stays where it is: decoding more tokens only appends to
-the text (a trailing incomplete UTF-8 sequence aside, and the stop strings are ASCII), so cutting there gives the
-harness's string. `throughput()` measures both on the same requests in one process.
+Why it is faster (same strings, less work; throughput() times both on the same requests in one process):
+  - Greedy decoding with a static KV cache (model.generate's arithmetic), rows sorted by prompt length and
+    batched, no per-step Python beyond one forward, one argmax and one host sync.
+  - A row leaves its batch as soon as its text holds a stop string or it emits EOS, and the cache is compacted
+    under the live rows; the harness generates until every row of its batch has a stop string (or 256 tokens).
+    A stop string, once in the text, stays where it is: decoding more tokens only appends to the text (a
+    trailing incomplete UTF-8 sequence aside, and the stop strings are ASCII), so cutting there gives the
+    harness's string. The text is only decoded after a token that can end a stop string (a byte piece or a
+    piece holding its last character), not after every token.
+  Measured on CPU (one thread, fp32, medians of 3, identical outputs): stories260K, the first 16 documents of
+  truthfulqa_gen, wmt16-de-en and wmt14-en-fr, batch 16, 256 tokens: 1.45 s vs 6.80 s for HFLM.generate_until
+  (4.7x); a 2-layer 64-wide random LLaMA with the 32k vocabulary, 8 documents each, batch 8, 64 tokens (no row
+  ever stops early): 1.06 s vs 4.10 s (3.9x).
 """
 import argparse
 import csv
@@ -190,6 +199,8 @@ def load_docs(task, data_dir, limit=None):
         except ValueError as e:
             raise DataError(f"{task} document {i}: {e}") from None
         docs.append({"doc_id": i, **doc})
+    if not docs:
+        raise DataError(f"{task}: no documents in {', '.join(map(str, task_files(task, data_dir)))}")
     return docs
 
 # -----------------------------------------------------------------------------
@@ -279,6 +290,8 @@ def generate_until(model, tokenizer, prompts, stops, max_gen_toks=MAX_GEN_TOKS, 
     max_length = max_length or model.args.max_seq_len
     if max_length - max_gen_toks <= 0:
         raise ValueError(f"max_gen_toks {max_gen_toks} must be less than the model's max_length {max_length}")
+    if not prompts:
+        return []
     if isinstance(stops[0], str):
         stops = [stops] * len(prompts)
     eos = model.args.eos_id if model.args.eos_id is not None else tokenizer.eos_id  # HF generate's eos
