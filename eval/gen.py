@@ -136,7 +136,9 @@ def truthfulqa_records(path):
     answers skipped, answer lists split at ";" and stripped)."""
     records = []
     with open(path, newline="", encoding="utf-8-sig") as f:
-        for line_no, row in enumerate(csv.DictReader(f), 2):
+        for n, row in enumerate(csv.DictReader(f), 1):
+            if None in row.values():  # DictReader fills the fields a short row lacks with None
+                raise DataError(f"{path}: row {n} has fewer fields than the header")
             try:
                 if not row["Correct Answers"] or not row["Incorrect Answers"]:
                     continue
@@ -146,8 +148,9 @@ def truthfulqa_records(path):
                     "correct_answers": [a.strip() for a in row["Correct Answers"].strip().split(";")],
                     "incorrect_answers": [a.strip() for a in row["Incorrect Answers"].strip().split(";")],
                     "source": row["Source"]})
-            except (KeyError, AttributeError) as e:
-                raise DataError(f"{path}:{line_no}: not a TruthfulQA row (missing column {e})") from None
+            except KeyError as e:
+                raise DataError(f"{path}: no column {e} (a TruthfulQA.csv has Type, Category, Question, Best Answer, "
+                                f"Correct Answers, Incorrect Answers, Source)") from None
     return records
 
 

@@ -237,6 +237,22 @@ def test_wmt_loading(tmp_path):
         gen.load_docs("wmt16-en-de", tmp_path)
 
 
+def test_truthfulqa_loading(tmp_path):
+    csv_path = tmp_path / "truthfulqa" / "TruthfulQA.csv"
+    csv_path.parent.mkdir()
+    header = "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+    csv_path.write_text("\ufeff" + header + 'A,B, Why? ,x,"Yes ; no.;",Maybe,s\nA,B,Skipped?,x,,Wrong,s\n')
+    [doc] = gen.load_docs("truthfulqa_gen", tmp_path)
+    assert doc["prompt"].endswith("\n\nQ: Why?") and doc["prompt"].startswith(gen.TRUTHFULQA_QA_PROMPT)
+    assert doc["correct_answers"] == ["Yes.", "no.", "I have no comment."] and doc["incorrect_answers"] == ["Maybe."]
+    csv_path.write_text(header.replace("Source", "Origin") + "A,B,Q,x,y,z,s\n")
+    with pytest.raises(ValueError, match="no column 'Source'"):
+        gen.load_docs("truthfulqa_gen", tmp_path)
+    csv_path.write_text(header + "A,B,Q,x,y\n")
+    with pytest.raises(ValueError, match="row 1 has fewer fields"):
+        gen.load_docs("truthfulqa_gen", tmp_path)
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "eval/gen.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
