@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ALPACA, ROOT, require
-from eval.bleu import _tokenize_all, bleu_stats, corpus_bleu, sentence_bleu, tokenize_13a
+from eval.bleu import _tokenize_all, _tokenize_intl_all, bleu_stats, corpus_bleu, sentence_bleu, tokenize_13a, tokenize_intl
 
 sacrebleu = pytest.importorskip("sacrebleu")
 from sacrebleu.metrics.bleu import BLEU  # noqa: E402  (after the importorskip)
@@ -282,3 +282,103 @@ def test_cli(tmp_path):
         assert out.returncode == 1
         assert out.stdout == '' and len(out.stderr.strip().splitlines()) == 1 and name in out.stderr
         assert 'Traceback' not in out.stderr
+
+
+# -----------------------------------------------------------------------------
+# tokenize='intl' and 'none' (lm-evaluation-harness's truthfulqa_gen BLEU uses 'intl')
+
+INTL_CASES = TOKEN_CASES + [
+    # a mark splits off unless it sits between two digits; a period after a number at the very end stays (mteval-v14)
+    "In 2024. Prices: 1,000.50 € / 3.14$ — 10-20 km² … ½ ±5 °C", "Year 2024.", "Year 2024. ", "2024.\n", "a.b,c;d",
+    "x.1 1.x .1 1. 1.1.1 ,1 1, ١٢٣.٤٥ ۱۲,۳ 𝟙.𝟚 Ⅻ.Ⅳ ①.② ¹.²",  # Unicode digits (Nd, Nl, No) all count as digits
+    "¿Qué? ¡Sí! «Bonjour» „Hallo“ ‚x‘ 「日本」『語』【注】〈a〉《b》・ー。、", "我喜欢，自然语言处理！（括号）",
+    "$100 €5 £3 ¥7 ₹9 ₿1 a+b=c <d> x|y ~z ^w `v` ©®™ ♥♦ ✓ → ∑∫ √2 ∞", "emoji 😀👍🏽🇫🇷 👨‍👩‍👧 #1 @user 100%",
+    "newer Unicode: 🫨🫩 U+1FAE8 U+1FAE9 𜰀 ⃁ ⹠ 𑛐.𑛑",  # symbols / punctuation / digits newer than Python 3.11's tables
+    "don't l'homme o'clock rock'n'roll 'quoted' \"dq\" ''", "a\x00b . \x00 .\x00", "\x00\x01\x02 . x",
+    "tab\tsep\u2028line\u2029para\x1cfs\x85nel", "  .  ", "!!!", "...a...", "a--b—c–d", "",
+]
+
+
+def test_intl_tokens_match_sacrebleu_on_edge_cases():
+    tok = BLEU(tokenize='intl')
+    for line in INTL_CASES:
+        assert tokenize_intl(line) == tok._preprocess_segment(line).split(), repr(line)
+    assert _tokenize_intl_all(INTL_CASES) == [tok._preprocess_segment(line).split() for line in INTL_CASES]
+
+
+def test_intl_tokens_match_sacrebleu_on_every_short_string():
+    # the three rules look at a character and its neighbour, so every string of up to 5 characters over one
+    # character of each kind they distinguish (letter, ASCII digit, other digit, period, comma, other punctuation,
+    # symbol, space, newline, NUL: the separator we join segments with, which then moves to another character)
+    alphabet = "a1٣.,—$ \n\x00"
+    lines = [''.join(p) for n in range(1, 6) for p in itertools.product(alphabet, repeat=n)]
+    tok = BLEU(tokenize='intl')
+    ours = _tokenize_intl_all(lines)
+    mismatches = [(line, o) for line, o in zip(lines, ours) if o != tok._preprocess_segment(line).split()]
+    assert not mismatches, mismatches[:10]
+
+
+def test_intl_unicode_classes_match_regex_on_every_code_point():
+    # sacreBLEU's \p{N}, \p{P}, \p{S} come from the `regex` module's tables; ours from unicodedata plus the code
+    # points added since Python's Unicode version. Compare the classes over all of Unicode.
+    regex = pytest.importorskip("regex")
+    import re
+    from eval.bleu import _unicode_classes
+    everything = ''.join(map(chr, range(0x110000)))
+    ours = _unicode_classes()
+    for c in 'NPS':
+        assert re.findall(f'[{ours[c]}]', everything) == regex.findall(rf'\p{{{c}}}', everything), c
+
+
+@pytest.mark.parametrize('tokenize', ['intl', 'none'])
+@pytest.mark.parametrize('name', list(CORPORA))
+def test_corpus_bleu_other_tokenizers_match_sacrebleu(name, tokenize):
+    hyps, streams = CORPORA[name]
+    ref = sacrebleu.corpus_bleu(hyps, streams, tokenize=tokenize)
+    ours = bleu_stats(hyps, streams, tokenize=tokenize)
+    assert ours['score'] == pytest.approx(ref.score, rel=0, abs=TOL)
+    assert (ours['correct'], ours['total'], ours['sys_len'], ours['ref_len']) == \
+        (ref.counts, ref.totals, ref.sys_len, ref.ref_len)
+    assert corpus_bleu(hyps, streams, tokenize=tokenize) == ours['score']
+
+
+@pytest.mark.parametrize('tokenize', ['intl', 'none'])
+def test_sentence_bleu_other_tokenizers_match_sacrebleu(tokenize):
+    for hyp, refs in SENTENCES + [(line, [other]) for line, other in zip(INTL_CASES, reversed(INTL_CASES))]:
+        ref = sacrebleu.sentence_bleu(hyp, refs, tokenize=tokenize).score
+        assert sentence_bleu(hyp, refs, tokenize=tokenize) == pytest.approx(ref, rel=0, abs=TOL), (hyp, refs)
+
+
+def test_random_corpora_other_tokenizers_match_sacrebleu(alpaca_texts):
+    rng = random.Random(4321)
+    unicode_bits = ['—', '“', '”', '«', '»', '。', '，', '€', '½', '²', '١٢', '😀', '…', '·', '¿', '‰', '°']
+    for _ in range(40):
+        n = rng.randint(1, 20)
+        refs = [rng.choice(alpaca_texts) for _ in range(n)]
+        hyps = [_perturb(rng, r, alpaca_texts) for r in refs]
+        hyps = [''.join(c + rng.choice(unicode_bits) if rng.random() < 0.02 else c for c in h) for h in hyps]
+        streams = [refs] + [[_perturb(rng, r, alpaca_texts) for r in refs] for _ in range(rng.choice([0, 1]))]
+        for tokenize in ('intl', 'none'):
+            ref = sacrebleu.corpus_bleu(hyps, streams, tokenize=tokenize)
+            ours = bleu_stats(hyps, streams, tokenize=tokenize)
+            assert ours['score'] == pytest.approx(ref.score, rel=0, abs=TOL)
+            assert (ours['correct'], ours['total']) == (ref.counts, ref.totals)
+
+
+def test_truthfulqa_harness_bleu():
+    # lm-evaluation-harness's truthfulqa utils.bleu(refs=[[ref]], preds=[completion]) is, per reference answer,
+    # corpus_bleu([completion], [ref], tokenize='intl') (smooth 'exp', no effective order)
+    utils = pytest.importorskip("lm_eval.tasks.truthfulqa.utils")
+    completions = ["The sun is 93 million miles away.", "I have no comment.", "", "Nothing happens!",
+                   "You'd get sick — “really” sick, 100%.", "Yes, 1,000.5 times; no."]
+    answers = ["The sun is about 93 million miles from Earth.", "I have no comment.", "Nothing in particular happens.",
+               "You would get sick.", "It's 1,000.5 times.", "No comment"]
+    for completion in completions:
+        for answer in answers:
+            assert corpus_bleu([completion], [answer], tokenize='intl') == \
+                pytest.approx(utils.bleu([[answer]], [completion]), rel=0, abs=TOL)
+
+
+def test_unknown_tokenizer_raises():
+    with pytest.raises(ValueError):
+        corpus_bleu(["a"], ["a"], tokenize='zh')
