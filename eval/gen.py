@@ -66,6 +66,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from tqdm import tqdm
 
+from eval.bleu import corpus_bleu
+from eval.chrf import corpus_chrf
+from eval.rouge import rouge_scores
+from eval.ter import corpus_ter
 from model import sample
 from util import DataError, check_writable, cli, write_json
 
@@ -337,15 +341,12 @@ def generate_until(model, tokenizer, prompts, stops, max_gen_toks=MAX_GEN_TOKS, 
 
 def truthfulqa_doc_metrics(doc, output):
     """The harness's process_results_gen: BLEU and ROUGE of the output against every true and false answer."""
-    from eval.bleu import corpus_bleu
-    from eval.rouge import rouge
-
     true_refs, false_refs = doc["correct_answers"], doc["incorrect_answers"]
     refs = true_refs + false_refs
     scores = {"bleu": [corpus_bleu([output], [ref], tokenize="intl") for ref in refs]}
-    r = [rouge([ref], [output]) for ref in refs]
+    r = rouge_scores(refs, output)  # each reference on its own, F-measures in 0-1; the harness reports x 100
     for name, key in (("rouge1", "rouge1"), ("rouge2", "rouge2"), ("rougeL", "rougeLsum")):
-        scores[name] = [s[key] for s in r]
+        scores[name] = [100 * s[key] for s in r]
     out = {}
     for name, s in scores.items():
         correct, incorrect = float(nanmax(s[:len(true_refs)])), float(nanmax(s[len(true_refs):]))
@@ -374,10 +375,6 @@ def task_results(task, docs, generations):
         for s, p in zip(samples, per_doc):
             s.update(p)
     else:
-        from eval.bleu import corpus_bleu
-        from eval.chrf import corpus_chrf
-        from eval.ter import corpus_ter
-
         refs = [d["reference"] for d in docs]
         result = {"bleu": corpus_bleu(outputs, refs), "chrf": corpus_chrf(outputs, refs),
                   "ter": corpus_ter(outputs, refs)}
