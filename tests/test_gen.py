@@ -24,6 +24,7 @@ from conftest import LLAMA_TOKENIZER, ROOT, SHARED, STORIES, require
 from eval import gen
 from checkpoint import load_model
 from tokenizer import Tokenizer
+from util import cli
 
 HARNESS_REF = ROOT / "tests" / "fixtures" / "gen" / "harness_ref.py"
 DATA = SHARED / "data" / "eval"
@@ -258,13 +259,28 @@ def run_cli(*args):
                           timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
-def test_cli_errors(tmp_path):
-    p = run_cli("--model", STORIES, "--tasks", "wmt16-de-en,nope", "--data_dir", tmp_path)
-    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "unknown task(s) nope" in p.stderr
-    p = run_cli("--model", STORIES, "--tasks", "truthfulqa_gen", "--data_dir", tmp_path)
-    assert p.returncode == 1 and p.stderr.count("\n") == 1 and str(tmp_path / "truthfulqa" / "TruthfulQA.csv") in p.stderr
-    p = run_cli("--model", tmp_path / "none", "--tasks", "wmt16-de-en", "--data_dir", require(DATA), "--limit", "1")
-    assert p.returncode == 1 and "Traceback" not in p.stderr and str(tmp_path / "none") in p.stderr
+def cli_error(capsys, *args):
+    """gen.py's entry point in this process: exit code 1 and one line on stderr, no traceback."""
+    with pytest.raises(SystemExit) as e:
+        cli(gen.main, "gen.py", list(map(str, args)))
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1 and err.startswith("gen.py: error: "), err
+    return err
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert "unknown task(s) nope" in cli_error(capsys, "--model", STORIES, "--tasks", "wmt16-de-en,nope",
+                                               "--data_dir", tmp_path)
+    err = cli_error(capsys, "--model", STORIES, "--tasks", "truthfulqa_gen", "--data_dir", tmp_path)
+    assert str(tmp_path / "truthfulqa" / "TruthfulQA.csv") in err
+    err = cli_error(capsys, "--model", tmp_path / "none", "--tasks", "wmt16-de-en", "--data_dir", require(DATA))
+    assert str(tmp_path / "none") in err
+    (tmp_path / "out").mkdir()
+    err = cli_error(capsys, "--model", STORIES, "--tasks", "wmt16-de-en", "--data_dir", DATA, "--output",
+                    tmp_path / "out")
+    assert "is a directory" in err
+    assert "--limit must be a positive integer, got 0" in cli_error(capsys, "--model", STORIES, "--tasks",
+                                                                   "wmt16-de-en", "--data_dir", DATA, "--limit", "0")
 
 
 def test_cli_end_to_end(tmp_path):
