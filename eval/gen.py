@@ -193,7 +193,9 @@ def load_records(task, data_dir):
     for path in task_files(task, data_dir):
         if not path.is_file():
             raise DataError(f"no such file: {path} (task {task})")
-    return truthfulqa_records(task_files(task, data_dir)[0]) if task == "truthfulqa_gen" else wmt_records(task, data_dir)
+    if task == "truthfulqa_gen":
+        return truthfulqa_records(task_files(task, data_dir)[0])
+    return wmt_records(task, data_dir)
 
 
 def load_docs(task, data_dir, limit=None):
