@@ -296,3 +296,10 @@ def test_cli_end_to_end(tmp_path):
     assert saved["results"] == again["results"]
     assert saved["samples"] == again["samples"]
     assert saved["config"]["harness_version"] == "0.4.13" and saved["config"]["max_new_tokens"] == 16
+
+
+def test_throughput_runs_both_sides_on_the_same_requests():
+    """bench.py's entry: both sides run and agree (the timings themselves are not asserted)."""
+    pytest.importorskip("lm_eval")
+    r = gen.throughput(STORIES, ["wmt16-de-en"], require(DATA), limit=3, batch_size=2, max_new_tokens=24, repeats=1)
+    assert r["documents"] == 3 and r["identical"] is True and r["ours_s"] > 0 and r["harness_s"] > 0
