@@ -449,9 +449,10 @@ def format_table(results):
 def throughput(model_dir, tasks, data_dir, limit=None, batch_size=32, max_new_tokens=MAX_GEN_TOKS, repeats=3,
                device="cpu", tokenizer=None):
     """Time generate_until (ours) against lm-evaluation-harness's HFLM.generate_until on the same requests, in this
-    process, on `device` in fp32; each side `repeats` times, medians. Returns {"documents", "ours_s", "harness_s",
-    "speedup", "identical"} (identical: every output string equal). The harness gets the requests its task YAMLs
-    would make (prompt, until, greedy) with max_gen_toks = max_new_tokens, and the same batch size."""
+    process, on `device` in fp32: one warm-up run of each side (whose outputs are compared), then `repeats` timed
+    runs, interleaved; medians. Returns {"documents", "ours_s", "harness_s", "speedup", "identical"} (identical:
+    every output string equal). The harness gets the requests its task YAMLs would make (prompt, until, greedy)
+    with max_gen_toks = max_new_tokens, and the same batch size. Set torch's thread count before calling."""
     import statistics
     import transformers
     from lm_eval.api.instance import Instance
@@ -470,19 +471,19 @@ def throughput(model_dir, tasks, data_dir, limit=None, batch_size=32, max_new_to
                                                              "temperature": 0.0, "max_gen_toks": max_new_tokens}),
                          0, metadata=(t, d["doc_id"], 1)) for t, d in docs]
 
-    def timed(fn):
-        times, out = [], None
-        for _ in range(repeats):
+    sides = {"ours": lambda: generate_until(model, tok, prompts, stops, max_new_tokens, batch_size=batch_size,
+                                            progress=False),
+             "harness": lambda: lm.generate_until(requests, disable_tqdm=True)}
+    outputs = {name: run() for name, run in sides.items()}  # warm-up, and the outputs to compare
+    times = {name: [] for name in sides}
+    for _ in range(repeats):  # interleaved, so that a burst of load elsewhere slows both sides alike
+        for name, run in sides.items():
             t0 = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times), out
-
-    ours_s, ours = timed(lambda: generate_until(model, tok, prompts, stops, max_new_tokens, batch_size=batch_size,
-                                                progress=False))
-    harness_s, theirs = timed(lambda: lm.generate_until(requests, disable_tqdm=True))
+            run()
+            times[name].append(time.perf_counter() - t0)
+    ours_s, harness_s = (statistics.median(times[name]) for name in sides)
     return {"documents": len(docs), "ours_s": ours_s, "harness_s": harness_s, "speedup": harness_s / ours_s,
-            "identical": ours == theirs}
+            "identical": outputs["ours"] == outputs["harness"]}
 
 
 # -----------------------------------------------------------------------------
