@@ -49,10 +49,11 @@ Why it is faster (same strings, less work; throughput() times both on the same r
     trailing incomplete UTF-8 sequence aside, and the stop strings are ASCII), so cutting there gives the
     harness's string. The text is only decoded after a token that can end a stop string (a byte piece or a
     piece holding its last character), not after every token.
-  Measured on CPU (one thread, fp32, medians of 3, identical outputs): stories260K, the first 16 documents of
-  truthfulqa_gen, wmt16-de-en and wmt14-en-fr, batch 16, 256 tokens: 1.45 s vs 6.80 s for HFLM.generate_until
-  (4.7x); a 2-layer 64-wide random LLaMA with the 32k vocabulary, 8 documents each, batch 8, 64 tokens (no row
-  ever stops early): 1.06 s vs 4.10 s (3.9x).
+  Measured with throughput() on a shared 2-core CPU (one thread, fp32, medians of 3-5 interleaved runs after a
+  warm-up, outputs identical): stories260K, the first 16 documents, batch 16, 256 tokens: truthfulqa_gen 0.99 s vs
+  1.78 s for HFLM.generate_until (1.8x: no row ever stops early, so this is decoding alone), wmt16-de-en +
+  wmt14-en-fr 0.81 s vs 3.65 s (4.5x); a 2-layer 64-wide random LLaMA with the 32k vocabulary, 8 documents of each
+  of the three, batch 8, 256 tokens (nothing stops early): 2.00 s vs 7.82 s (3.9x).
 """
 import argparse
 import csv
