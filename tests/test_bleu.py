@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from conftest import ALPACA, ROOT, require
-from eval.bleu import _tokenize_all, _tokenize_intl_all, bleu_stats, corpus_bleu, sentence_bleu, tokenize_13a, tokenize_intl
+from eval.bleu import (_tokenize_all, _tokenize_intl_all, bleu_stats, corpus_bleu, sentence_bleu, tokenize_13a,
+                       tokenize_intl)
 
 sacrebleu = pytest.importorskip("sacrebleu")
 from sacrebleu.metrics.bleu import BLEU  # noqa: E402  (after the importorskip)
