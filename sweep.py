@@ -151,8 +151,9 @@ def score_rows(cond, run_dir):
     for task, r in ((read("eval_mc.json") or {}).get("results") or {}).items():
         metric = MC_METRIC.get(task, "acc")
         rows.append({**base, "benchmark": task, "score": r[metric], "metric": metric, "group": "mc"})
-    for task, r in ((read("eval_gen.json") or {}).get("results") or {}).items():
-        metric = "bleu_acc" if task == "truthfulqa_gen" else "bleu"  # the headline score of each task
+    gen = read("eval_gen.json") or {"results": {}}
+    for task, r in gen["results"].items():
+        metric = gen["config"]["headline"][task]  # truthfulqa_gen: bleu_acc; WMT: corpus BLEU
         rows.append({**base, "benchmark": task, "score": r[metric], "metric": metric, "group": "short_gen"})
     for name in ("alpaca_eval", "pandalm"):
         r = (read(f"eval_{name}.json") or {}).get("results", {}).get(name)
