@@ -387,6 +387,64 @@ def setup(c):
     return run
 
 
+def train_step(run, model, it, autocast, pad_multiple):
+    """Optimizer step `it`: this rank's micro-batches of the global batch forward and backward, the Minkowski
+    penalty, clipping, the update. Returns what the log needs."""
+    c, opt, dev, rank, world, fsdp = (run[k] for k in ("cfg", "opt", "dev", "rank", "world", "fsdp"))
+    plw, data, lengths = c["prompt_loss_weight"], run["train_data"], run["lengths"]
+    lr = get_lr(it, run["total"], run["warmup"], c)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    ids = step_examples(it, run["n"], run["G"], c["seed"])
+    n_targets, n_prompt = target_counts(data, ids)
+    W = plw * n_prompt + (n_targets - n_prompt)  # sum of w_t over the global batch
+    n_nonzero = n_targets if plw > 0 else n_targets - n_prompt
+    micro = split_micro_batches(ids, lengths, c["batch_size"], c["gradient_accumulation_steps"] * world)
+    stats = torch.zeros(3, dtype=torch.float64, device=dev)  # sum w*CE, prompt CE, completion CE (this rank)
+    for k, mb in enumerate(micro[rank::world]):
+        x, y, w, p = ((t.pin_memory() if dev.startswith("cuda") else t).to(dev, non_blocking=True)
+                      for t in collate(data, mb, plw, pad_multiple))
+        last = k == c["gradient_accumulation_steps"] - 1
+        sync = model.no_sync() if world > 1 and not fsdp and not last else nullcontext()
+        if fsdp:
+            run["raw_model"].set_requires_gradient_sync(last)
+        factor = loss_factor(c, W, n_nonzero, world, float(w.sum()) if c["loss_norm"] == "micro_mean" else None)
+        with sync, autocast:
+            loss, ce = micro_loss(model, x, y, w, factor, c["label_smoothing"])
+        loss.backward()
+        with torch.no_grad():
+            valid = y >= 0
+            stats += torch.stack([(ce * w).sum(), (ce * (valid & p)).sum(), (ce * (valid & ~p)).sum()]).double()
+    params = run["params"]
+    penalty = minkowski_penalty(params, run["base"], c["minkowski_lambda"], c["minkowski_p"]) if run["base"] else None
+    if c["grad_clip"] > 0:
+        gnorm = torch.nn.utils.clip_grad_norm_(params, c["grad_clip"])
+    else:
+        gnorm = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
+    gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # the step's one host sync
+    if math.isfinite(gnorm) and W > 0:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return dict(lr=lr, ids=ids, micro=micro, n_targets=n_targets, n_prompt=n_prompt, W=W, stats=stats, gnorm=gnorm,
+                penalty=penalty)
+
+
+def log_row(run, it, s, window, dt):
+    """The log.jsonl row after step `it`: the step's losses (all ranks), and throughput over the logging window"""
+    if run["world"] > 1:
+        dist.all_reduce(s["stats"])
+    st = s["stats"].tolist()
+    row = {"iter": it + 1, "epoch": round((it + 1) / run["per_epoch"], 4), "loss": st[0] / max(s["W"], 1e-12),
+           "prompt_loss": st[1] / max(s["n_prompt"], 1), "completion_loss": st[2] / max(s["n_targets"] - s["n_prompt"], 1),
+           "lr": s["lr"], "grad_norm": s["gnorm"], "tokens": s["n_targets"],
+           "padding": round(1 - window["tokens"] / window["padded"], 4), "tokens_per_s": round(window["tokens"] / dt, 1)}
+    if s["penalty"] is not None:
+        row["minkowski_penalty"] = s["penalty"]
+    if run["dev"].startswith("cuda"):  # useful FLOPs (padding not counted, as in bench.py) / H100-H200 dense bf16 peak
+        row["mfu"] = round(window["flops"] / dt / (989e12 * run["world"]), 4)
+    return row
+
+
 # -----------------------------------------------------------------------------
 
 def main(argv):
@@ -395,95 +453,52 @@ def main(argv):
                     usage="usage: python train.py [config.py ...] [--key=value ...]")
     check_config(c)
     run = setup(c)
-    raw_model, opt, dev, rank, world, fsdp = (run[k] for k in ("raw_model", "opt", "dev", "rank", "world", "fsdp"))
-    train_data, total, master = run["train_data"], run["total"], run["master"]
+    raw_model, dev, world, total, master = (run[k] for k in ("raw_model", "dev", "world", "total", "master"))
     model = torch.compile(raw_model, dynamic=True) if c["compile"] else raw_model  # one graph for all lengths
-    if world > 1 and not fsdp:
+    if world > 1 and not run["fsdp"]:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if dev.startswith("cuda") else None)
     ptdtype = torch.bfloat16 if c["dtype"] == "bfloat16" else torch.float32
     # bf16 compute on fp32 weights through autocast; FSDP casts through its policy, bf16 weights need neither
     autocast = (torch.autocast(device_type="cuda" if dev.startswith("cuda") else "cpu", dtype=ptdtype)
-                if not fsdp and ptdtype != torch.float32 and c["optimizer"] == "adamw" else nullcontext())
+                if not run["fsdp"] and ptdtype != torch.float32 and c["optimizer"] == "adamw" else nullcontext())
     # a multiple of 8 (tensor-core friendly shapes) wastes 6.4% on Stanford Alpaca, exact lengths 3.9%, 64 23%
     pad_multiple = 8 if dev.startswith("cuda") else 1
-    pin = dev.startswith("cuda")  # page-locked host memory: the copies to the GPU do not block the host
-    params = [p for p in raw_model.parameters() if p.requires_grad]
-    lengths = np.diff(train_data["offsets"])
+    run["params"] = [p for p in raw_model.parameters() if p.requires_grad]
+    run["lengths"] = lengths = np.diff(run["train_data"]["offsets"])
     f0 = raw_model.flops_per_token(0)  # a sequence of T targets costs T * (f0 + f1 * T) useful FLOPs
     f1 = raw_model.flops_per_token(1) - f0
-    n_micro, plw = c["gradient_accumulation_steps"] * world, c["prompt_loss_weight"]
 
     catch_stop_signals(interrupt=False)  # from here a signal finishes the step in flight, checkpoints, exits
     bar = tqdm(total=total, initial=run["start"], disable=not master, desc="train", dynamic_ncols=True, file=sys.stderr)
-    t_last, tokens_since, padded_since, flops_since = time.time(), 0, 0, 0.0
+    t_last, window = time.time(), {"tokens": 0, "padded": 0, "flops": 0.0}
     for it in range(run["start"], total):
-        lr = get_lr(it, total, run["warmup"], c)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        ids = step_examples(it, run["n"], run["G"], c["seed"])
-        n_targets, n_prompt = target_counts(train_data, ids)
-        W = plw * n_prompt + (n_targets - n_prompt)  # sum of w_t over the global batch
-        n_nonzero = n_targets if plw > 0 else n_targets - n_prompt
-        micro = split_micro_batches(ids, lengths, c["batch_size"], n_micro)
-        stats = torch.zeros(3, dtype=torch.float64, device=dev)  # sum w*CE, prompt CE, completion CE (this rank)
-        for k, mb in enumerate(micro[rank::world]):
-            x, y, w, p = ((t.pin_memory() if pin else t).to(dev, non_blocking=True)
-                          for t in collate(train_data, mb, plw, pad_multiple))
-            last = k == c["gradient_accumulation_steps"] - 1
-            sync = model.no_sync() if world > 1 and not fsdp and not last else nullcontext()
-            if fsdp:
-                raw_model.set_requires_gradient_sync(last)
-            factor = loss_factor(c, W, n_nonzero, world, float(w.sum()) if c["loss_norm"] == "micro_mean" else None)
-            with sync, autocast:
-                loss, ce = micro_loss(model, x, y, w, factor, c["label_smoothing"])
-            loss.backward()
-            with torch.no_grad():
-                valid = y >= 0
-                stats += torch.stack([(ce * w).sum(), (ce * (valid & p)).sum(), (ce * (valid & ~p)).sum()]).double()
-        penalty = minkowski_penalty(params, run["base"], c["minkowski_lambda"], c["minkowski_p"]) if run["base"] else None
-        if c["grad_clip"] > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(params, c["grad_clip"])
-        else:
-            gnorm = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
-        gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # the step's one host sync
-        if math.isfinite(gnorm) and W > 0:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        if not math.isfinite(gnorm) and c["on_nonfinite"] == "stop":
+        s = train_step(run, model, it, autocast, pad_multiple)
+        if not math.isfinite(s["gnorm"]) and c["on_nonfinite"] == "stop":
             path = checkpoint(run, it)  # the weights are still those before this step: the last good state
             bar.close()
             say(master, f"error: non-finite loss/gradient at iter {it + 1}: stopped; the last good state (after iter "
                         f"{it}) is saved in {path}. Resume with --resume=True, or set on_nonfinite='skip'")
             raise SystemExit(3)
-        if not math.isfinite(gnorm) or W <= 0:
-            say(master, f"warning: iter {it + 1} skipped: {'non-finite gradient' if W > 0 else 'no target with non-zero weight'}")
+        if not math.isfinite(s["gnorm"]) or s["W"] <= 0:
+            say(master, f"warning: iter {it + 1} skipped: "
+                        f"{'non-finite gradient' if s['W'] > 0 else 'no target with non-zero weight'}")
         bar.update(1)
-        tokens_since += n_targets
-        padded_since += sum(len(mb) * -(-int(lengths[mb].max() - 1) // pad_multiple) * pad_multiple for mb in micro)
-        T = (lengths[ids] - 1).astype(np.float64)                                                    # (G,) targets
-        flops_since += float(f0 * T.sum() + f1 * (T * T).sum())
-
+        T = (lengths[s["ids"]] - 1).astype(np.float64)                                                # (G,) targets
+        window["tokens"] += s["n_targets"]
+        window["padded"] += sum(len(mb) * -(-int(lengths[mb].max() - 1) // pad_multiple) * pad_multiple
+                                for mb in s["micro"])
+        window["flops"] += float(f0 * T.sum() + f1 * (T * T).sum())
         if (it + 1) % c["log_interval"] == 0 or it + 1 == total:
-            if world > 1:
-                dist.all_reduce(stats)
-            s, dt = stats.tolist(), time.time() - t_last
-            row = {"iter": it + 1, "epoch": round((it + 1) / run["per_epoch"], 4), "loss": s[0] / max(W, 1e-12),
-                   "prompt_loss": s[1] / max(n_prompt, 1), "completion_loss": s[2] / max(n_targets - n_prompt, 1),
-                   "lr": lr, "grad_norm": gnorm, "tokens": n_targets,
-                   "padding": round(1 - tokens_since / padded_since, 4), "tokens_per_s": round(tokens_since / dt, 1)}
-            if penalty is not None:
-                row["minkowski_penalty"] = penalty
-            if dev.startswith("cuda"):  # useful FLOPs (padding not counted, as in bench.py) / H100-H200 dense bf16 peak
-                row["mfu"] = round(flops_since / dt / (989e12 * world), 4)
+            row = log_row(run, it, s, window, time.time() - t_last)
             evals = c["eval_interval"] and (it + 1) % c["eval_interval"] == 0
             if run["val_data"] is not None and (evals or it + 1 == total):
                 row.update(evaluate(run, model, run["val_data"], autocast))
             if master:
                 run["log_file"].write(json.dumps(row) + "\n")
                 run["log_file"].flush()
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
-            t_last, tokens_since, padded_since, flops_since = time.time(), 0, 0, 0.0
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{s['lr']:.2e}")
+            t_last, window = time.time(), {"tokens": 0, "padded": 0, "flops": 0.0}
         if (c["checkpoint_interval"] and (it + 1) % c["checkpoint_interval"] == 0 or STOP) and it + 1 < total:
             path = checkpoint(run, it + 1)
             if STOP:

@@ -683,6 +683,72 @@ def _plw_axis(ax, table):
     ax.set_xlabel("w_p = PLW^log10(2)")
 
 
+def fit_figure(Figure, d, res):
+    """relative aggregate (and per group) vs w_p with the fitted quadratics and the beta regression's vertex"""
+    table = res["table"]
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")  # constrained: room for the twin PLW axis
+    ax = fig.add_subplot()
+    fits = [("relative", "rel. aggregate", res["fit"], "black")]
+    fits += [(g, f"rel. {g}", f, f"C{i}") for i, (g, f) in enumerate(res["fit_by_group"].items())]
+    for col, label, fit, color in fits:
+        main = col == "relative"
+        pts = [(e["wp"], e[col]) for e in table if e[col] is not None]
+        if not pts:
+            continue
+        ax.plot(*zip(*pts), "o", color=color, label=label, ms=5 if main else 3.5, alpha=1 if main else 0.7)
+        if fit["a"] is not None:
+            xs = np.linspace(*fit["wp_range"], 201)
+            ax.plot(xs, fit["a"] * xs**2 + fit["b"] * xs + fit["c"], "-", color=color, lw=1.8 if main else 1,
+                    alpha=1 if main else 0.7)
+    b = res["beta"]["all"]
+    if b["critical_plw"] is not None:
+        ax.axvline(b["vertex_wp"], ls="--", color="gray", lw=1,
+                   label=f"critical PLW (beta) = {b['critical_plw']:.3g}, p = {b['p']:.2g}")
+        ax.axvspan(*b["ci_wp"], color="gray", alpha=0.12)
+    ax.set_ylabel("relative score (min-max per benchmark)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _plw_axis(ax, table)
+    fig.suptitle(f"{d}: relative score vs w_p", fontsize=10)
+    return fig
+
+
+def mechanism_figure(Figure, d, res, mech):
+    """each mechanism metric vs PLW, one line per base model"""
+    table = res["table"]
+    cols = min(4, len(mech))  # a grid, so that many metrics stay readable
+    rows = -(-len(mech) // cols)
+    fig = Figure(figsize=(3.6 * cols, 3.4 * rows), layout="constrained")
+    for i, name in enumerate(mech):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for j, m in enumerate(sorted({e["model"] for e in table})):
+            pts = [(e["wp"], e["scores"][name]) for e in table if e["model"] == m and name in e["scores"]]
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=f"C{j + 2}", ms=4, label=m or None)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        _plw_axis(ax, table)
+    fig.suptitle(f"{d}: mechanism metrics vs PLW", fontsize=10)
+    return fig
+
+
+def regularizer_figure(Figure, d, regs):
+    """the paper's Fig. 8: each regularizer variant's relative aggregate beside plain PLW 0, 1 and the best PLW"""
+    fig = Figure(figsize=(6.4, 0.9 + 0.32 * len(regs)), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(len(regs))[::-1]
+    labels = [(f"{r['model']}: " if r["model"] else "") + r["label"] + ("" if r["label"].startswith(("PLW", "best"))
+                                                                         else f" @ PLW {r['plw']:g}") for r in regs]
+    ax.barh(y, [r["relative"] for r in regs], xerr=[r["sd"] or 0 for r in regs],
+            color=["gray" if r["regularizer"] == "none" else "tab:blue" for r in regs])
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlabel("relative aggregate (± sd over seeds)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"{d}: regularizers vs PLW", fontsize=10)
+    return fig
+
+
 def make_figures(result, out_dir):
     """
     PNGs per dataset: fit_<dataset>.png (relative aggregate, per group, and their fitted quadratics vs w_p),
@@ -697,72 +763,16 @@ def make_figures(result, out_dir):
         return []
     os.makedirs(out_dir, exist_ok=True)
     written = []
-
-    def save(fig, name):
-        path = os.path.join(out_dir, name)
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-        written.append(path)
-
     for d, res in result["datasets"].items():
-        table = res["table"]
-        fig = Figure(figsize=(6.4, 4.6), layout="constrained")  # constrained: room for the twin PLW axis
-        ax = fig.add_subplot()
-        fits = [("relative", "rel. aggregate", res["fit"], "black")]
-        fits += [(g, f"rel. {g}", f, f"C{i}") for i, (g, f) in enumerate(res["fit_by_group"].items())]
-        for col, label, fit, color in fits:
-            main = col == "relative"
-            pts = [(e["wp"], e[col]) for e in table if e[col] is not None]
-            if not pts:
-                continue
-            ax.plot(*zip(*pts), "o", color=color, label=label, ms=5 if main else 3.5, alpha=1 if main else 0.7)
-            if fit["a"] is not None:
-                xs = np.linspace(*fit["wp_range"], 201)
-                ax.plot(xs, fit["a"] * xs**2 + fit["b"] * xs + fit["c"], "-", color=color, lw=1.8 if main else 1,
-                        alpha=1 if main else 0.7)
-        b = res["beta"]["all"]
-        if b["critical_plw"] is not None:
-            ax.axvline(b["vertex_wp"], ls="--", color="gray", lw=1,
-                       label=f"critical PLW (beta) = {b['critical_plw']:.3g}, p = {b['p']:.2g}")
-            ax.axvspan(*b["ci_wp"], color="gray", alpha=0.12)
-        ax.set_ylabel("relative score (min-max per benchmark)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        _plw_axis(ax, table)
-        fig.suptitle(f"{d}: relative score vs w_p", fontsize=10)
-        save(fig, f"fit_{_slug(d)}.png")
-
         mech = [b for b, m in res["benchmarks"].items() if m["group"] == "mechanism"]
-        if mech:
-            cols = min(4, len(mech))  # a grid, so that many metrics stay readable
-            rows = -(-len(mech) // cols)
-            fig = Figure(figsize=(3.6 * cols, 3.4 * rows), layout="constrained")
-            for i, name in enumerate(mech):
-                ax = fig.add_subplot(rows, cols, i + 1)
-                for j, m in enumerate(sorted({e["model"] for e in table})):
-                    pts = [(e["wp"], e["scores"][name]) for e in table if e["model"] == m and name in e["scores"]]
-                    if pts:
-                        ax.plot(*zip(*pts), "o-", color=f"C{j + 2}", ms=4, label=m or None)
-                ax.set_ylabel(name)
-                ax.grid(alpha=0.3)
-                _plw_axis(ax, table)
-            fig.suptitle(f"{d}: mechanism metrics vs PLW", fontsize=10)
-            save(fig, f"mechanism_{_slug(d)}.png")
-
-        regs = res["regularizers"]
-        if regs:
-            fig = Figure(figsize=(6.4, 0.9 + 0.32 * len(regs)), layout="constrained")
-            ax = fig.add_subplot()
-            y = np.arange(len(regs))[::-1]
-            labels = [(f"{r['model']}: " if r["model"] else "") + r["label"] + ("" if r["label"].startswith(("PLW", "best"))
-                                                                                 else f" @ PLW {r['plw']:g}") for r in regs]
-            ax.barh(y, [r["relative"] for r in regs], xerr=[r["sd"] or 0 for r in regs],
-                    color=["gray" if r["regularizer"] == "none" else "tab:blue" for r in regs])
-            ax.set_yticks(y)
-            ax.set_yticklabels(labels, fontsize=8)
-            ax.set_xlabel("relative aggregate (± sd over seeds)")
-            ax.grid(alpha=0.3, axis="x")
-            fig.suptitle(f"{d}: regularizers vs PLW", fontsize=10)
-            save(fig, f"regularizers_{_slug(d)}.png")
+        figs = [(f"fit_{_slug(d)}.png", fit_figure(Figure, d, res))]
+        figs += [(f"mechanism_{_slug(d)}.png", mechanism_figure(Figure, d, res, mech))] if mech else []
+        figs += [(f"regularizers_{_slug(d)}.png", regularizer_figure(Figure, d, res["regularizers"]))
+                 ] if res["regularizers"] else []
+        for name, fig in figs:
+            path = os.path.join(out_dir, name)
+            atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+            written.append(path)
     return written
 
 

@@ -10,50 +10,7 @@ wmt16-de-en, wmt16-en-ro, wmt16-ro-en).
     out = evaluate(model, tokenizer, ["truthfulqa_gen"], data_dir)   # an in-memory Transformer
     out["results"]["truthfulqa_gen"]["bleu_acc"]
 
-Data (--data_dir, no hidden default): truthfulqa/TruthfulQA.csv (the source of HF truthful_qa "generation") and
-wmt/{en-fr/newstest2014,en-de/newstest2016,en-ro/newstest2016}.{xx} (one sentence per line, the two sides of a
-pair aligned line by line), laid out as ../shared/data/README.md describes.
-
-Output: {"results": {task: {metric: value, "n"}}, "samples": {task: [{"doc_id", "prompt", "output", ...}]},
-"config"}; stdout gets a Markdown table. Headline scores (what sweep.py records): truthfulqa_gen bleu_acc,
-WMT bleu.
-
-What "exactly the harness" means here (lm_eval 0.4.13: the task YAMLs and utils.py, api/task.py, api/metrics.py,
-models/huggingface.py generate_until; tests/test_gen.py runs the harness itself and compares every prompt, every
-generated string and every metric):
-  - Prompts. truthfulqa_gen: the fixed 6-shot QA preamble + "\\n\\nQ: " + question.strip(), and nothing after
-    it (the harness's YAML has no "\\nA:"); its references are process_docs_gen's: each answer stripped, empty
-    ones dropped, a "." appended where missing, and "I have no comment." added to the true ones.
-    WMT: "{Source} phrase: {sentence}\\n{Target} phrase:"; the reference is " " + the target sentence (the
-    harness's doc_to_target, leading space included, is what it scores against).
-  - Tokens: [BOS] + the prompt's tokens (HF's slow LlamaTokenizer adds BOS), left-truncated to the last
-    max_length - max_gen_toks tokens (a prompt that long loses its BOS too), max_length = the model's
-    max_position_embeddings (stories260K: 512, so its TruthfulQA prompts keep their last 256 tokens).
-  - Decoding: greedy, max_gen_toks = 256 new tokens, a row stops at EOS. The text is the new tokens decoded as
-    HF's slow tokenizer decodes them (special tokens skipped, one leading "▁" dropped from the first piece), cut
-    at the first occurrence of each stop string in turn: truthfulqa "\\n\\n", WMT "\\n", both also "</s>" (the
-    harness adds the EOS token's text). No strip.
-  - truthfulqa_gen metrics, per document: BLEU (sacreBLEU corpus BLEU of the one output against one reference,
-    tokenize "intl", exp smoothing) and ROUGE-1/2/Lsum (rouge_score, F-measure x 100, " . " -> ".\\n") against
-    every true and false reference; X_max = max over true refs, X_diff = that - max over false refs,
-    X_acc = 1 if the true max is larger; each averaged over documents. The harness names ROUGE-Lsum "rougeL".
-  - WMT metrics: corpus BLEU (13a), chrF and TER with sacreBLEU's defaults over all the task's documents, each
-    output against its reference.
-
-Why it is faster (same strings, less work; throughput() times both on the same requests in one process):
-  - Greedy decoding with a static KV cache (model.generate's arithmetic), rows sorted by prompt length and
-    batched, no per-step Python beyond one forward, one argmax and one host sync.
-  - A row leaves its batch as soon as its text holds a stop string or it emits EOS, and the cache is compacted
-    under the live rows; the harness generates until every row of its batch has a stop string (or 256 tokens).
-    A stop string, once in the text, stays where it is: decoding more tokens only appends to the text (a
-    trailing incomplete UTF-8 sequence aside, and the stop strings are ASCII), so cutting there gives the
-    harness's string. The text is only decoded after a token that can end a stop string (a byte piece or a
-    piece holding its last character), not after every token.
-  Measured with throughput() on a shared 2-core CPU (one thread, fp32, medians of 3-5 interleaved runs after a
-  warm-up, outputs identical): stories260K, the first 16 documents, batch 16, 256 tokens: truthfulqa_gen 0.99 s vs
-  1.78 s for HFLM.generate_until (1.8x: no row ever stops early, so this is decoding alone), wmt16-de-en +
-  wmt14-en-fr 0.81 s vs 3.65 s (4.5x); a 2-layer 64-wide random LLaMA with the 32k vocabulary, 8 documents of each
-  of the three, batch 8, 256 tokens (nothing stops early): 2.00 s vs 7.82 s (3.9x).
+What is matched detail by detail, the output fields and why it is fast: docs/evaluation.md.
 """
 import argparse
 import csv

@@ -9,57 +9,7 @@ how far to trust the judge.
     python eval/judge.py agreement --judge PandaLM-7B --output agreement.json
     (every command: --limit N for a quick run on the first N records; --device, --dtype, --batch_size)
 
-alpaca_eval: the model's outputs (a model_outputs JSON as eval/generate.py writes it, or an HF model directory to
-  generate them with: Stanford template, greedy, --max_new_tokens 512, see eval/generate.py) against AlpacaEval's
-  reference outputs: --reference text_davinci_003 (default; AlpacaEval 1.0's reference, the one of the paper's
-  time), gpt4_1106_preview (AlpacaEval 2.0's; it averages 525 LLaMA tokens, so pairs often overflow a 2,048-token
-  judge and get truncated), or any model_outputs file. Records are matched by instruction; the instruction sets
-  must be equal (with --limit: the first N reference instructions). Also the mean generation length in tokens and
-  words (the paper's Fig. 2d). The official AlpacaEval number needs its GPT-4 annotator: run it elsewhere on the
-  same model_outputs file (--save_outputs).
-pandalm: model A against model B (each a model_outputs JSON or an HF model directory) on PandaLM's 170 test
-  instructions, matched by (instruction, input).
-agreement: the judge on PandaLM's 999 human-labelled pairs (testset-v1.json); the human label is the majority of
-  the three annotators (every pair has one: 105 ties, 422 "1", 472 "2", as PandaLM's README counts). Accuracy and
-  per-class and macro precision / recall / F1 (sklearn's average="macro"), both for the pair in its given order
-  (PandaLM's protocol) and for the both-orders verdict the other two commands use. On PandaLM's own released
-  gpt-3.5-turbo verdicts (data/gpt-3.5-turbo-testset-v1.json there, "garbage" read as a tie as PandaLM's parser
-  does) these definitions give accuracy 71.07 and macro precision 58.79. Six responses in testset-v1.json are
-  JSON `true` rather than text (a "Verify the statement" task): they are judged as the text "True".
-
-The judge: any HF LLaMA directory (checkpoint.load_model) with its tokenizer.model, prompted with PandaLM's judge
-prompt; PandaLM-7B is the judge trained for it. The rules follow WeOpenML/PandaLM pandalm/utils/pandalm_inference.py:
-  - prompt: each response stripped, the special-token strings of PandaLM's regex (<unk>, </s>, [PAD], ...) removed,
-    stripped again; "Below are two responses for a given task. ..." with the Input section when the input is not
-    empty; ends in "### Evaluation:\\n". Tokens: [BOS] + tokens(prompt), as HF's LlamaTokenizer gives, where BOS is
-    the bos_token the judge's special_tokens_map.json names: PandaLM-7B's is "</s>" (id 2), as PandaLM trained it
-    (pandalm/core/nets.py); a judge without that file gets its tokenizer's <s>.
-  - verdict: the first line of the stripped generation (special-token strings removed): "1" or "2" is that response,
-    "tie" in any case is a tie, and anything else is also a tie (counted here as `unparsed`). PandaLM decodes prompt
-    + generation and splits at "### Evaluation:"; we parse the generation itself, the same text unless a response
-    contains "### Evaluation:".
-  - generation: greedy, stopping at EOS, up to --judge_max_new_tokens (default 512, PandaLM's; the reason and
-    reference answer after the verdict are kept in the samples). PandaLM generates with 4 beams and a repetition
-    penalty of 1.2, which model.generate does not offer, so some verdicts may differ from PandaLM's own run: the
-    agreement command measures the judge as it runs here. Greedy decoding is causal, so a smaller limit (e.g. 8)
-    gives the same verdicts, much faster, as long as the verdict line fits.
-  - context: a pair whose prompt leaves fewer than 16 tokens of the judge's context is fitted by cutting the
-    responses' ends, the longer one first, to a common token cap (`truncated` counts them); a pair that does not
-    fit even with empty responses is not judged and counts as a tie (`too_long`).
-Position bias: every pair is judged in both orders, (A, B) and (B, A). Each verdict counts +1 for the response it
-prefers, 0 for a tie; A wins a pair when its total is above B's, loses when below, else a tie. A judge that always
-answers "1" therefore gives all ties. win_rate = (wins + ties / 2) / n. `consistency` is the fraction of pairs whose
-two orders agree.
-
-Output JSON: {"results": {<command>: {...}}, "config": {...}, "samples": [one per pair: the texts, judge_ab / judge_ba
-(the judge's generations), verdict_ab / verdict_ba (PandaLM's 1, 2, 0 = tie), result (A's win / tie / lose)]}.
-  alpaca_eval (A = the model, B = the reference) and pandalm: n, wins, ties, losses, win_rate, win_rate_a_first (the
-    (A, B) order alone), consistency, unparsed (of 2n judgements), truncated, too_long; alpaca_eval adds
-    length_tokens, length_words, reference_length_tokens, reference_length_words (tokens of the judge's
-    tokenizer: LLaMA 1 and 2 share one) and hit_max_new_tokens when it generated; pandalm adds
-    length_{tokens,words}_{a,b} (and hit_max_new_tokens_{a,b}).
-  agreement (A = response1): n, accuracy, precision, recall, f1 (macro), per_class {tie, 1, 2: precision, recall,
-    f1, support, predicted}: the given order; both_orders {the same}; judge {the counts above}.
+What is matched detail by detail, the output fields and why it is fast: docs/evaluation.md.
 """
 import argparse
 import json

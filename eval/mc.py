@@ -9,68 +9,7 @@ several times faster.
     out = evaluate(model, tokenizer, ["arc_challenge", "mmlu"], data_dir)   # an in-memory Transformer
     out["results"]["mmlu"]["acc"]
 
-Tasks read `<data_dir>/<file>` in the HuggingFace-datasets field layout (`../shared/data/README.md`):
-arc_challenge, arc_easy, piqa, winogrande, hellaswag, truthfulqa_mc1 and truthfulqa_mc2 (both from
-truthfulqa_mc.jsonl), boolq, openbookqa, mmlu (all 57 subjects from mmlu_test.jsonl). --data_dir is required:
-there is no hidden default location.
-
-Output: {"results": {task: {"acc", "acc_norm", "n"}}, "samples": {task: [{"doc_id", "lls", "gold", "acc",
-"acc_norm"?, "subject"?}]}, "config"}; stdout gets a Markdown table.
-acc_norm is null for the tasks where the harness does not report it (winogrande, truthfulqa_mc1/mc2, boolq,
-mmlu). truthfulqa_mc2's "acc" is the harness's mc2 score (the normalised probability mass of the true answers).
-mmlu's result also holds "subtasks": the harness's mmlu_stem / _other / _social_sciences / _humanities groups and
-the 57 mmlu_<subject> tasks, under the harness's names.
-
-What "exactly the harness" means here, detail by detail (lm_eval 0.4.13: api/task.py, api/model.py,
-models/huggingface.py and the task YAMLs; tests/test_mc.py runs the harness itself and compares every request's
-context and continuation strings and every log-likelihood):
-  - Prompts: each task's doc_to_text / doc_to_choice / doc_to_target, the target delimiter " " before every
-    choice, MMLU's description "The following are multiple choice questions (with answers) about {subject with
-    _ as spaces}.\\n\\n" before the question, TruthfulQA's fixed 6-shot QA prompt before "Q: {question}\\nA:"
-    (mc1 and mc2 are zero-shot only in name), HellaSwag's `preprocess` (strip, " [title]" -> ". ", drop
-    "[...]", one pass of "  " -> " "), OpenBookQA's answerKey.lstrip(), MMLU's question.strip().
-  - WinoGrande is "partial evaluation": one context per option (the sentence up to the blank with the option
-    filled in) and one shared continuation (" " + the text after the blank, stripped); gold = answer "1"/"2".
-  - Tokens: trailing whitespace of a context moves to the front of its continuation; the whole string
-    context+continuation is encoded and split at the length of the encoded context (so the input is
-    enc(context) + enc(whole)[len(enc(context)):], even where the two encodings disagree at the seam); BOS is
-    prepended to both encodings, as the HF LlamaTokenizer does by default. Our sentencepiece Tokenizer equals
-    HF's slow LlamaTokenizer in legacy mode, which is what the harness is run with (use_fast_tokenizer=False).
-    LLaMA 3 takes the same path: its HF tokenizer (a fast BPE tokenizer whose post-processor prepends
-    <|begin_of_text|>, add_bos_token unset in the harness) gives the ids of our tiktoken-format Tokenizer with
-    bos=True, and the seam rule is the same string split, although BPE merges across the seam more often
-    (tests/test_llama3.py runs the harness on a LLaMA-3-shaped model).
-  - Truncation: a request longer than max_length + 1 tokens keeps its last max_length + 1 tokens; the model
-    sees all but the last of them, from position 0. max_length defaults to the model's max_position_embeddings,
-    as the harness's does.
-  - Log-likelihood of a choice: the sum over its continuation tokens of log_softmax(logits) in fp32. In bf16 the
-    harness would take its log-softmax in bf16 unless given softmax_dtype=float32; we always use fp32.
-  - acc: first argmax of the log-likelihoods (np.argmax); acc_norm: first argmax of ll / len(choice) in
-    characters (the choice text without the delimiter; for WinoGrande the "choices" are the contexts, but it
-    reports acc only); mc2: exp(ll) normalised over all mc2 choices, summed over the true ones (no max
-    subtraction: a document whose every ll is below about -745 scores NaN there, and here); means are
-    sum(list) / len in document order; the mmlu groups are size-weighted means of their subjects' means,
-    sum(acc_i * n_i) / sum(n_i) over the subjects in the harness's order (categories stem, other,
-    social_sciences, humanities, subjects alphabetical within each), so even the last bits agree.
-  - --limit N keeps the first N documents of each task, and for mmlu the first N of each subject (the harness
-    applies its limit to each subtask of a group).
-Not mirrored: the harness's prefix token for an empty context (no task here has one; we raise instead) and HF's
-parsing of "<s>"/"</s>" written inside the text as special tokens (none of the data contains them).
-
-Why it is faster (same numbers, less work; bench.py measures it against the harness in one run):
-  - Each document is one packed row: the tokens its choices share (the context, usually) once, then each
-    choice's remaining tokens, with RoPE positions restarting after the shared part for every choice and a block
-    mask letting each choice see the shared part and itself causally. A 4-way question costs one context, not
-    four; single-token answers (mmlu, boolq) cost one forward of the context alone. Where the choices share too
-    little for that to pay (contexts cut differently by truncation), each choice gets its own row.
-  - The vocabulary head and the fp32 log-softmax run only on the positions that are scored (the continuation
-    tokens), never on (B, T, vocab) for the whole batch.
-  - Rows are sorted by length and batched under a token budget, so padding is small.
-  On 347 documents mixed over all tasks (1,232 requests) with a 4-layer, 256-wide LLaMA (32k vocab, fp32, one
-  CPU thread) this is 29,888 tokens through the model instead of 95,596 and 9,814 head rows instead of 95,596:
-  6.5x less time than the harness's HFLM.loglikelihood on the same requests (medians of 5: 4.0 s vs 26.0 s).
-Packing changes the order of float sums (|d ll| ~ 1e-7 relative in fp32), so acc could only differ from the
-harness's on a near-tie closer than that; the parity test's documents have none.
+What is matched detail by detail, the output fields and why it is fast: docs/evaluation.md.
 """
 import argparse
 import json
