@@ -113,13 +113,8 @@ def our_key(key):
     return key if key.startswith("lm_head.") else key.removeprefix("model.")
 
 
-def load_model(path, device="cpu", dtype=None):
-    """Load an HF LLaMA directory (config.json + model.safetensors or a sharded model.safetensors.index.json).
-
-    The model is built on the meta device and each tensor is read from the memory-mapped file straight into
-    its final device and dtype, so a checkpoint needs about its own size in memory, not twice that.
-    dtype None keeps the dtype stored in the checkpoint.
-    """
+def read_args(path):
+    """ModelArgs from an HF LLaMA directory's config.json; one-line errors for a missing or unusable one"""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model directory not found: {path}")
@@ -129,7 +124,18 @@ def load_model(path, device="cpu", dtype=None):
         cfg = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path / 'config.json'} is not valid JSON: {e}") from None
-    args = args_from_hf_config(cfg, source=str(path / "config.json"))
+    return args_from_hf_config(cfg, source=str(path / "config.json"))
+
+
+def load_model(path, device="cpu", dtype=None):
+    """Load an HF LLaMA directory (config.json + model.safetensors or a sharded model.safetensors.index.json).
+
+    The model is built on the meta device and each tensor is read from the memory-mapped file straight into
+    its final device and dtype, so a checkpoint needs about its own size in memory, not twice that.
+    dtype None keeps the dtype stored in the checkpoint.
+    """
+    path = Path(path)
+    args = read_args(path)
     files = checkpoint_files(path)
 
     with torch.device("meta"):

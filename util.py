@@ -85,16 +85,20 @@ def check_stop():
         raise KeyboardInterrupt
 
 
-def cli(main, name, argv=None):
-    """Run main(argv) -> exit code. Bad input (ValueError, OSError) becomes one line `name: error: ...`, exit 1;
-    Ctrl-C (or SIGTERM) one line and exit 128 + the signal (130 for Ctrl-C, as a shell reports it). No traceback."""
+def report_errors(name, fn, *args):
+    """fn(*args) -> its exit code (None: 0). Bad input (ValueError, OSError) becomes one line `name: error: ...` and
+    1; Ctrl-C (or SIGTERM) one line and 128 + the signal (130 for Ctrl-C, as a shell reports it). No traceback."""
     try:
-        code = main(sys.argv[1:] if argv is None else argv)
+        return fn(*args) or 0
     except KeyboardInterrupt:
         sig = STOP[0] if STOP else signal.SIGINT
         print(f"{name}: interrupted by {signal.Signals(sig).name}; nothing half-written is left", file=sys.stderr)
-        code = 128 + sig
+        return 128 + sig
     except (ValueError, OSError) as e:
         print(f"{name}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        code = 1
-    sys.exit(code or 0)
+        return 1
+
+
+def cli(main, name, argv=None):
+    """The entry point of a script: sys.exit(main(argv)) with report_errors' one-line errors and exit codes."""
+    sys.exit(report_errors(name, main, sys.argv[1:] if argv is None else argv))

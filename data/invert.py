@@ -35,7 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python data/invert.py` finds data.prepare
 
-from data.prepare import DATA_DIR, DATASETS, DataError, load_records
+from data.prepare import DATA_DIR, DATASETS, load_records
+from util import DataError, atomic_write, report_errors
 
 INSTRUCTION = "Predict the prompt that generated the following AI output."
 INSTRUCTION_WITH_INPUT = ("Predict the prompt that generated the following AI output. "
@@ -74,7 +75,6 @@ def invert_file(src, dst, verbose=True):
         raise DataError(f"{src}: every record was skipped (empty outputs or instructions), nothing to write")
     data = json.dumps(out, indent=4).encode("utf-8")
     dst = Path(dst)
-    from util import atomic_write
     payload = gzip.compress(data, compresslevel=9, mtime=0) if dst.suffix == ".gz" else data
     atomic_write(dst, lambda tmp: Path(tmp).write_bytes(payload))
     if verbose:
@@ -96,20 +96,16 @@ def main(argv=None):
     ap.add_argument("--dst", default=str(DEFAULT_DST), help="output JSON list, .json or .json.gz "
                     "(default: %(default)s)")
     args = ap.parse_args(argv)
+    return report_errors("invert.py", invert_cli, args)
+
+
+def invert_cli(args):
     if args.src == str(DEFAULT_SRC) and not DEFAULT_SRC.exists():
-        print(f"error: {DEFAULT_SRC} not found: get Stanford Alpaca with `python data/prepare.py --dataset alpaca`, "
-              f"or pass --src FILE", file=sys.stderr)
-        return 1
+        raise DataError(f"{DEFAULT_SRC} not found: get Stanford Alpaca with `python data/prepare.py --dataset alpaca`, "
+                        f"or pass --src FILE")
     if not args.dst.endswith((".json", ".json.gz")):
-        print(f"error: --dst {args.dst}: expected a .json or .json.gz path (the output is a JSON list)",
-              file=sys.stderr)
-        return 1
-    try:
-        invert_file(args.src, args.dst)
-    except (ValueError, OSError) as e:  # DataError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        raise DataError(f"--dst {args.dst}: expected a .json or .json.gz path (the output is a JSON list)")
+    invert_file(args.src, args.dst)
 
 
 if __name__ == "__main__":

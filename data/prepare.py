@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python data/prepare.py` finds tokenizer.py, data/
-from util import DataError, atomic_write, check_stop  # noqa: E402
+from util import DataError, atomic_write, check_stop, cli  # noqa: E402
 
 # the Stanford Alpaca template, byte for byte (stanford_alpaca/train.py PROMPT_DICT); eval code imports it from here
 PROMPT_INPUT = (
@@ -399,15 +399,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--cache_dir", default=None, help=f"default: {CACHE_DIR}")
     args = ap.parse_args(argv)
-    try:
-        _, _, report = prepare_dataset(args.src or args.dataset or "alpaca", args.tokenizer, args.max_seq_len,
-                                       args.val_size, args.seed, args.cache_dir)
-    except (ValueError, OSError) as e:  # DataError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    _, _, report = prepare_dataset(args.src or args.dataset or "alpaca", args.tokenizer, args.max_seq_len,
+                                   args.val_size, args.seed, args.cache_dir)
     print(json.dumps(report, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main, "prepare.py")

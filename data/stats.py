@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python data/sta
 
 from data.prepare import FIELDS, load_records
 from tokenizer import Tokenizer
+from util import report_errors
 
 
 def length_stats(records, tokenizer):
@@ -86,15 +87,15 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
     ap.add_argument("files", nargs="+", help="Alpaca-format .json / .json.gz / .jsonl files")
     args = ap.parse_args(argv)
+    return report_errors("stats.py", report, args)
+
+
+def report(args):
+    tok = Tokenizer(args.tokenizer)
     rows = []
-    try:
-        tok = Tokenizer(args.tokenizer)
-        for path in args.files:
-            s = length_stats(load_records(path), tok)
-            rows.append({"path": path, **s, **plw_advice(s["rg"])})
-    except (ValueError, OSError) as e:  # DataError is a ValueError; a missing tokenizer is a FileNotFoundError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    for path in args.files:
+        s = length_stats(load_records(path), tok)
+        rows.append({"path": path, **s, **plw_advice(s["rg"])})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

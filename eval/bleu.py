@@ -253,8 +253,16 @@ def _reference_counts(refs):
     return counts
 
 
-def _reference_streams(references, n_hyp):
-    """references as a list of streams, each a list aligned with the hypotheses; raises on a malformed layout."""
+def corpus_streams(hypotheses, references):
+    """Check a corpus (hypotheses: a list of str; references: a list of str, one per hypothesis, or a list of
+    reference streams each aligned with the hypotheses, None where a segment lacks that reference) and return the
+    references as a list of streams. ValueError on an empty corpus or misaligned streams, TypeError on a str where
+    a list belongs. BLEU, chrF and TER take their corpora in this layout."""
+    if isinstance(hypotheses, str) or not all(isinstance(h, str) for h in hypotheses):
+        raise TypeError("hypotheses must be a list of str")
+    if not hypotheses:
+        raise ValueError("no hypotheses")
+    n_hyp = len(hypotheses)
     if isinstance(references, str):
         raise TypeError("references must be a list of str (one per hypothesis) or a list of such lists, not a str")
     streams = [references] if references and isinstance(references[0], str) else list(references)
@@ -278,12 +286,8 @@ def _reference_streams(references, n_hyp):
 def _corpus_stats(hypotheses, references, tokenize='13a'):
     """The sufficient statistics summed over segments: correct[n] and total[n] (clipped matches and hypothesis
     n-grams of order n+1), sys_len (hypothesis tokens) and ref_len (closest reference tokens)."""
-    if isinstance(hypotheses, str) or not all(isinstance(h, str) for h in hypotheses):
-        raise TypeError("hypotheses must be a list of str")
-    if not hypotheses:
-        raise ValueError("no hypotheses")
     tokenize_all = _tokenizer(tokenize)
-    streams = _reference_streams(references, len(hypotheses))
+    streams = corpus_streams(hypotheses, references)
     hyps = tokenize_all(hypotheses)
     refs = [tokenize_all(['' if r is None else r for r in stream]) for stream in streams]
     if len(streams) > 1:  # None marks a missing reference (how sacreBLEU varies the number of references)

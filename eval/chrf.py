@@ -23,7 +23,7 @@ sacreBLEU on WMT sentences: matches are counted in C-level map/Counter calls.
 from collections import Counter
 from itertools import repeat
 
-from eval.bleu import _reference_streams
+from eval.bleu import corpus_streams
 
 CHAR_ORDER = 6
 BETA = 2
@@ -85,15 +85,8 @@ def _segment_stats(hypothesis, references):
 def corpus_chrf(hypotheses, references):
     """Corpus chrF (0-100) with sacreBLEU's defaults.
 
-    hypotheses: list of str, one per segment. references: a list of str (one per hypothesis), or a list of reference
-    streams [stream1, stream2, ...] each aligned with hypotheses (None where a segment lacks that reference), as in
-    eval/bleu.py's corpus_bleu. Raises ValueError on an empty corpus or misaligned streams, TypeError on a str where
-    a list belongs."""
-    if isinstance(hypotheses, str) or not all(isinstance(h, str) for h in hypotheses):
-        raise TypeError("hypotheses must be a list of str")
-    if not hypotheses:
-        raise ValueError("no hypotheses")
-    streams = _reference_streams(references, len(hypotheses))
+    hypotheses, references: a corpus as eval/bleu.py's corpus_streams describes it."""
+    streams = corpus_streams(hypotheses, references)
     total = [0] * (3 * CHAR_ORDER)
     for hyp, refs in zip(hypotheses, zip(*streams)):
         stats = _segment_stats(hyp, [r for r in refs if r is not None])

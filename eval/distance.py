@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import checkpoint_files, hf_key, our_key
-from util import atomic_write
+from util import check_writable, cli, write_json
 
 GROUPS = ("embeddings", "attention", "mlp", "norms", "head", "other")
 CHUNK = 2 ** 22  # elements read and upcast at once: 32 MB per float64 buffer, a handful of buffers alive
@@ -159,18 +159,14 @@ def main(argv=None):
     p.add_argument("--base", required=True, help="the pre-trained HF LLaMA directory it started from")
     p.add_argument("--output", help="results JSON to write")
     args = p.parse_args(argv)
-    try:
-        res = {"model": str(args.model), "base": str(args.base), **weight_distance(args.model, args.base)}
-        if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(res, indent=1) + "\n"
-            atomic_write(args.output, lambda tmp: Path(tmp).write_text(text))
-    except (OSError, ValueError) as e:  # bad input: one line, no traceback
-        print(f"distance.py: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+    if args.output:
+        check_writable(args.output)
+    res = {"model": str(args.model), "base": str(args.base), **weight_distance(args.model, args.base)}
+    if args.output:
+        write_json(args.output, res, indent=1)
     print(table(res))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main, "distance.py")

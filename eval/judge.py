@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from checkpoint import args_from_hf_config, checkpoint_files
+from checkpoint import checkpoint_files, read_args
 from eval.generate import (BENCHMARKS, DTYPES, EVAL_DATA, complete, generate_outputs, length_stats,
                            load_model_and_tokenizer, load_prompts)
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, resolve as resolve_tokenizer
 from util import DataError, check_writable, cli, write_json
 
 REFERENCES = {"text_davinci_003": BENCHMARKS["alpaca_eval"],  # AlpacaEval 1.0's reference
@@ -215,18 +215,9 @@ def match(outputs, path, wanted, source, complete_set):
 def check_model_dir(path):
     """Refuse a directory that is not an HF LLaMA checkpoint with a tokenizer, in one line, before any long work."""
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model directory not found: {path}")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no config.json in {path}")
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path / 'config.json'} is not valid JSON: {e}") from None
-    args_from_hf_config(cfg, source=str(path / "config.json"))
+    read_args(path)
     checkpoint_files(path)
-    if not (path / "tokenizer.model").is_file():
-        raise FileNotFoundError(f"no tokenizer.model in {path}")
+    resolve_tokenizer(path)  # tokenizer.model at the top or in original/ (LLaMA 3)
 
 
 def check_judge(path):

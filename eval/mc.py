@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_model
-from util import DataError, atomic_write, check_writable
+from util import DataError, check_writable, report_errors, write_json
 from tokenizer import Tokenizer
 
 HARNESS_VERSION = "0.4.13"
@@ -515,32 +515,31 @@ def main(argv=None):
     p.add_argument("--max_length", type=int, help="context window (default the model's max_position_embeddings)")
     p.add_argument("--output", help="write the JSON results here (atomically)")
     args = p.parse_args(argv)
-    try:
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        check_tasks(tasks)
-        if args.limit is not None and args.limit < 1:
-            raise ValueError(f"--limit must be a positive integer, got {args.limit}")
-        for t in tasks:  # missing data is reported before minutes of model loading
-            path = Path(args.data_dir) / TASKS[t][0]
-            if not path.is_file():
-                raise DataError(f"no such file: {path} (task {t} reads {TASKS[t][0]} in the HF-datasets layout)")
-        if args.output:  # before minutes of scoring
-            check_writable(args.output)
-        if not Path(args.model).is_dir():  # before the tokenizer, which would be "not found" for the same reason
-            raise DataError(f"model directory not found: {args.model}")
-        dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
-        tokenizer = Tokenizer(args.tokenizer or args.model)
-        model = load_model(args.model, device=args.device, dtype=dtype)
-        out = evaluate(model, tokenizer, tasks, args.data_dir, limit=args.limit, batch_size=args.batch_size,
-                       batch_tokens=args.batch_tokens, max_length=args.max_length)
-        out["config"]["model"] = str(args.model)
-        print(format_table(out["results"]))
-        if args.output:
-            text = json.dumps(out) + "\n"
-            atomic_write(args.output, lambda tmp: Path(tmp).write_text(text))
-    except (OSError, ValueError) as e:  # bad input: one line, no traceback
-        print(f"mc.py: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+    return report_errors("mc.py", run, args)
+
+
+def run(args):
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    check_tasks(tasks)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive integer, got {args.limit}")
+    for t in tasks:  # missing data is reported before minutes of model loading
+        path = Path(args.data_dir) / TASKS[t][0]
+        if not path.is_file():
+            raise DataError(f"no such file: {path} (task {t} reads {TASKS[t][0]} in the HF-datasets layout)")
+    if args.output:  # before minutes of scoring
+        check_writable(args.output)
+    if not Path(args.model).is_dir():  # before the tokenizer, which would be "not found" for the same reason
+        raise DataError(f"model directory not found: {args.model}")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    tokenizer = Tokenizer(args.tokenizer or args.model)
+    model = load_model(args.model, device=args.device, dtype=dtype)
+    out = evaluate(model, tokenizer, tasks, args.data_dir, limit=args.limit, batch_size=args.batch_size,
+                   batch_tokens=args.batch_tokens, max_length=args.max_length)
+    out["config"]["model"] = str(args.model)
+    print(format_table(out["results"]))
+    if args.output:
+        write_json(args.output, out, indent=None)
     return 0
 
 

@@ -22,7 +22,6 @@ Prompt, hypothesis and reference:
   the completion tokens of training without EOS (data/prepare.py's count); words = whitespace-separated words.
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from data.prepare import format_prompt, load_records
 from eval.bleu import bleu_stats
 from eval.generate import DTYPES, complete, load_model_and_tokenizer, prompt_ids
-from util import atomic_write
+from util import check_writable, cli, write_json
 
 
 def sample_indices(n_records, n, seed):
@@ -144,29 +143,24 @@ def main(argv=None):
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=list(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
     args = p.parse_args(argv)
-    try:
-        for name in ("n", "max_new_tokens", "batch_size"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
-        records = load_records(args.data)
-        model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.tokenizer)
-        if args.output:  # before the long part, so a bad path fails at once
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        res = memorization(model, tok, records, args.n, args.seed, args.max_new_tokens, args.batch_size,
-                           max_prompt_tokens=args.max_prompt_tokens)
-        res = {"model": str(args.model), "data": str(args.data), "device": str(model.lm_head.weight.device),
-               "dtype": str(model.lm_head.weight.dtype).removeprefix("torch."), "batch_size": args.batch_size, **res}
-        if args.samples is not None:
-            res["samples"] = res["samples"][:max(args.samples, 0)]
-        if args.output:
-            text = json.dumps(res, indent=1, ensure_ascii=False) + "\n"
-            atomic_write(args.output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    except (OSError, ValueError) as e:  # bad input (DataError is a ValueError): one line, no traceback
-        print(f"memorization.py: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+    for name in ("n", "max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.output:  # before the long part, so a bad path fails at once
+        check_writable(args.output)
+    records = load_records(args.data)
+    model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.tokenizer)
+    res = memorization(model, tok, records, args.n, args.seed, args.max_new_tokens, args.batch_size,
+                       max_prompt_tokens=args.max_prompt_tokens)
+    res = {"model": str(args.model), "data": str(args.data), "device": str(model.lm_head.weight.device),
+           "dtype": str(model.lm_head.weight.dtype).removeprefix("torch."), "batch_size": args.batch_size, **res}
+    if args.samples is not None:
+        res["samples"] = res["samples"][:max(args.samples, 0)]
+    if args.output:
+        write_json(args.output, res, indent=1)
     print(report(res))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main, "memorization.py")

@@ -33,7 +33,7 @@ alignment, we run the beam program itself. About 10x faster than sacreBLEU on 2,
 """
 import math
 
-from eval.bleu import _reference_streams
+from eval.bleu import corpus_streams
 
 MAX_SHIFT_SIZE = 10         # longest block a shift moves (Tercom's limit)
 MAX_SHIFT_DIST = 50         # largest distance between a block's hypothesis and reference positions
@@ -277,15 +277,8 @@ def _score(edits, length):
 def corpus_ter(hypotheses, references):
     """Corpus TER (0-100+, lower is better) with sacreBLEU's defaults.
 
-    hypotheses: list of str, one per segment. references: a list of str (one per hypothesis), or a list of reference
-    streams [stream1, stream2, ...] each aligned with hypotheses (None where a segment lacks that reference), as in
-    eval/bleu.py's corpus_bleu. Raises ValueError on an empty corpus or misaligned streams, TypeError on a str where
-    a list belongs."""
-    if isinstance(hypotheses, str) or not all(isinstance(h, str) for h in hypotheses):
-        raise TypeError("hypotheses must be a list of str")
-    if not hypotheses:
-        raise ValueError("no hypotheses")
-    streams = _reference_streams(references, len(hypotheses))
+    hypotheses, references: a corpus as eval/bleu.py's corpus_streams describes it."""
+    streams = corpus_streams(hypotheses, references)
     edits, length = 0, 0
     for hyp, refs in zip(hypotheses, zip(*streams)):
         e, n = _segment_stats(hyp, [r for r in refs if r is not None])
