@@ -284,6 +284,12 @@ def test_nan_stops_with_a_loadable_checkpoint(tmp_path, data_file):
     assert "iter 3 skipped" in r.stderr and len(log_rows(tmp_path / "skip")) == 5
 
 
+def load_train_config(argv):
+    cfg = load_config(train.DEFAULTS, argv, ignore=("sweep_",))
+    train.check_config(cfg)
+    return cfg
+
+
 @pytest.mark.parametrize("args, message", [
     (["--prompt_loss_weight=-0.1"], "prompt_loss_weight must be >= 0, got -0.1"),
     (["--promt_loss_weight=0.1"], "unknown config key 'promt_loss_weight' in --promt_loss_weight=0.1 (did you mean 'prompt_loss_weight'?)"),
@@ -299,12 +305,6 @@ def test_nan_stops_with_a_loadable_checkpoint(tmp_path, data_file):
     (["configs/nope.py"], "config file not found: configs/nope.py"),
     (["--resume"], "expected --key=value, got '--resume'"),
 ])
-def load_train_config(argv):
-    cfg = load_config(train.DEFAULTS, argv, ignore=("sweep_",))
-    train.check_config(cfg)
-    return cfg
-
-
 def test_bad_config_is_refused(args, message):
     # the one-line, exit-code and no-traceback side is in tests/test_reliability.py
     with pytest.raises(ConfigError) as e:
