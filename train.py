@@ -206,6 +206,13 @@ def init_distributed(device):
     return dist.get_rank(), dist.get_world_size(), dev
 
 
+def busy_note():
+    """A note when other work already keeps the CPU's cores busy (a slow quick start is then not nanoPLW's)"""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores - 0.5:
+        return f"note: the CPU is busy (load {load:.1f} on {cores} cores): this run will be slower than on an idle machine"
+
+
 def load_base(c):
     """(tokenizer path, Tokenizer, ModelArgs of init_from): user input, checked before the data is prepared"""
     init = Path(c["init_from"])
@@ -344,6 +351,8 @@ def setup(c):
     if master and c["prompt_loss_weight"] > 1:
         print(f"note: prompt_loss_weight {c['prompt_loss_weight']} > 1 weighs prompt tokens above completion tokens "
               f"(the paper's range is [0, 1])", file=sys.stderr)
+    if master and dev == "cpu" and busy_note():
+        print(busy_note(), file=sys.stderr)
     torch.manual_seed(c["seed"])
     if dev.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls (bf16 ones are unaffected)

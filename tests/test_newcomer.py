@@ -141,3 +141,12 @@ def test_tests_leave_the_checkout_clean(tmp_path, data64):
     assert run("train.py", *TINY, f"--dataset={data64}", "--max_iters=1", f"--out_dir={tmp_path / 'run'}").returncode == 0
     after = set((ROOT / "data" / "cache").glob("*")) if (ROOT / "data" / "cache").exists() else set()
     assert after == before
+
+
+def test_train_says_when_the_cpu_is_busy(monkeypatch):
+    # the 1-minute load average is what bench.py reads too; faked here, as a real load generator takes a minute
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(train.os, "getloadavg", lambda: (cores + 1.0, 0.0, 0.0))
+    assert train.busy_note().startswith(f"note: the CPU is busy (load {cores + 1.0:.1f} on {cores} cores)")
+    monkeypatch.setattr(train.os, "getloadavg", lambda: (cores - 1.0, 0.0, 0.0))
+    assert train.busy_note() is None
