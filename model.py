@@ -121,8 +121,11 @@ class Attention(nn.Module):
             if T > 1 and start_pos > 0 and mask is None:  # a chunk after a prefix: causal, offset by start_pos
                 S = start_pos + T
                 mask = torch.arange(S, device=x.device) <= torch.arange(start_pos, S, device=x.device)[:, None]
+        # causal without a mask, except a one-token decode step over a cache (it sees all S keys). A plain Python bool:
+        # `T > 1` on a dynamic (symbolic) length would be a guard or a graph break in the compiled block
+        causal = mask is None and (cache is None or T > 1)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_heads != self.n_heads,
         )                                                                               # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
@@ -148,8 +151,19 @@ class Block(nn.Module):
         self.self_attn = Attention(args)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = FeedForward(args)
+        self.compiled = None  # Transformer.compile_blocks(): the compiled self.block, used when there is no KV cache
 
     def forward(self, x, cos, sin, mask=None, cache=None, start_pos=0):
+        if self.compiled is not None and cache is None:
+            # the batch and length dims are dynamic from the first call on (a size of 1 is still specialised); only
+            # these: under FSDP2 a dynamic=True compile would also turn the head counts into symbols
+            for t, dims in ((x, (0, 1)), (cos, (-2,)), (sin, (-2,))):
+                for d in dims:
+                    torch._dynamo.maybe_mark_dynamic(t, d % t.dim())
+            return self.compiled(x, cos, sin, mask)
+        return self.block(x, cos, sin, mask, cache, start_pos)
+
+    def block(self, x, cos, sin, mask=None, cache=None, start_pos=0):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start_pos)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -244,6 +258,21 @@ class Transformer(nn.Module):
         # more compute for a fraction of the activation memory; train.py's activation_checkpointing)
         self.activation_checkpointing = False
         self.apply(self._init_weights)  # a no-op on the meta device, where load_model builds the model
+
+    def compile_blocks(self, **options):
+        """torch.compile each block (torchtitan's per-block compile), for training and evaluation without a KV cache.
+
+        Only the block's own computation is compiled, not the module call: hooks around it (FSDP2's all-gather and
+        reduce-scatter, activation checkpointing, DDP) stay eager and compose as they do without compile. Everything
+        data-dependent stays outside: the padding skip (a host sync) and the chunked cross-entropy (a custom autograd
+        Function with a Python loop over chunks) run eagerly after the last block. fullgraph=True: a graph break is
+        an error, not a slowdown. Lengths and micro-batch sizes are dynamic: one graph serves every shape with B, T >= 2
+        (identical blocks share it), a micro-batch of one row (or one token) adds one more (sizes 0 and 1 are always
+        specialised). Generation (with a cache) runs the blocks eagerly."""
+        options = {"fullgraph": True, **options}
+        for layer in self.layers:
+            layer.compiled = torch.compile(layer.block, **options)
+        return self
 
     def _init_weights(self, module):
         # HF's LLaMA initialisation (initializer_range 0.02): for training from scratch and random-weight benchmarks
