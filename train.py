@@ -29,7 +29,7 @@ from tqdm import tqdm
 from checkpoint import (args_from_hf_config, claim_run_dir, clear_run_dir, export_final, hf_key, list_checkpoints,
                         load_model, open_log, save_checkpoint)
 from config import ConfigError, load_config
-from data.batch import collate, data_fingerprint, split_micro_batches, step_examples, target_counts
+from data.batch import collate, data_fingerprint, split_by_tokens, split_micro_batches, step_examples, target_counts
 from data.prepare import prepare_dataset
 from model import Transformer
 from optim import AdamWBF16
@@ -49,6 +49,9 @@ max_seq_len = 512               # examples are truncated to this many tokens (BO
 val_size = 0                    # examples held out (fixed by seed) for a validation loss; 0 trains on all
 batch_size = 4                  # micro-batch size per process
 gradient_accumulation_steps = 32  # global batch = batch_size * gradient_accumulation_steps * world size
+tokens_per_micro_batch = 0      # > 0: cut the length-sorted global batch into micro-batches of at most this many padded
+                                # tokens (rows x padded length) instead of batch_size rows: few large micro-steps, the
+                                # same update (data/batch.py split_by_tokens); 0 = batch_size rows each
 epochs = 3.0                    # training length in epochs (a partial last global batch of an epoch is dropped)
 max_iters = 0                   # > 0: train this many optimizer steps instead of `epochs`
 learning_rate = 2e-5            # peak learning rate
@@ -86,7 +89,7 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 # may be extended (a longer max_iters / epochs recomputes the LR schedule from the resume point on)
 RESUMABLE_CHANGES = {"resume", "overwrite", "log_interval", "checkpoint_interval", "keep_checkpoints", "compile",
                      "eval_interval", "batch_size", "gradient_accumulation_steps", "device", "parallel",
-                     "activation_checkpointing", "max_iters", "epochs"}
+                     "activation_checkpointing", "max_iters", "epochs", "tokens_per_micro_batch"}
 
 
 def check_config(c):
@@ -416,6 +419,9 @@ def main(argv):
     f0 = raw_model.flops_per_token(0)  # a sequence of T targets costs T * (f0 + f1 * T) useful FLOPs
     f1 = raw_model.flops_per_token(1) - f0
     n_micro, plw = c["gradient_accumulation_steps"] * world, c["prompt_loss_weight"]
+    if c["tokens_per_micro_batch"] and c["loss_norm"] == "micro_mean":  # its factor counts batch_size micro-batches
+        raise ConfigError("tokens_per_micro_batch > 0 needs loss_norm='global' or 'nonzero' (micro_mean's update "
+                          "depends on the split)")
 
     catch_stop_signals(interrupt=False)  # from here a signal finishes the step in flight, checkpoints, exits
     bar = tqdm(total=total, initial=run["start"], disable=not master, desc="train", dynamic_ncols=True, file=sys.stderr)
@@ -428,12 +434,14 @@ def main(argv):
         n_targets, n_prompt = target_counts(train_data, ids)
         W = plw * n_prompt + (n_targets - n_prompt)  # sum of w_t over the global batch
         n_nonzero = n_targets if plw > 0 else n_targets - n_prompt
-        micro = split_micro_batches(ids, lengths, c["batch_size"], n_micro)
+        micro = (split_by_tokens(ids, lengths, c["tokens_per_micro_batch"], world, pad_multiple)
+                 if c["tokens_per_micro_batch"] else split_micro_batches(ids, lengths, c["batch_size"], n_micro))
+        n_mine = len(micro) // world  # the same on every rank (split_by_tokens makes the count a multiple of world)
         stats = torch.zeros(3, dtype=torch.float64, device=dev)  # sum w*CE, prompt CE, completion CE (this rank)
         for k, mb in enumerate(micro[rank::world]):
             x, y, w, p = ((t.pin_memory() if pin else t).to(dev, non_blocking=True)
                           for t in collate(train_data, mb, plw, pad_multiple))
-            last = k == c["gradient_accumulation_steps"] - 1
+            last = k == n_mine - 1
             sync = model.no_sync() if world > 1 and not fsdp and not last else nullcontext()
             if fsdp:
                 raw_model.set_requires_gradient_sync(last)

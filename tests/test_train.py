@@ -417,3 +417,70 @@ def test_out_dir_holding_a_foreign_model_is_never_touched(tmp_path):
         r = run_train(*TINY, f"--out_dir={foreign}", "--max_iters=1", *extra, check=False)
         assert r.returncode == 1 and "holds a model that is not a nanoPLW run" in r.stderr
     assert {p.name: p.read_bytes() for p in foreign.iterdir()} == before
+
+
+# ------------------------------------------------------------------------------------------------ token-budget split
+
+def test_token_budget_split_is_a_partition_within_budget_and_even_over_ranks():
+    from data.batch import split_by_tokens
+    lengths = np.random.default_rng(0).integers(5, 200, 96)
+    ids = step_examples(0, 96, 48, 3)
+    for budget in (1, 150, 400, 1000, 10 ** 6):
+        for world, pad in ((1, 1), (2, 8), (3, 1), (4, 8)):
+            micro = split_by_tokens(ids, lengths, budget, world, pad)
+            assert sorted(np.concatenate(micro).tolist()) == sorted(ids.tolist())
+            assert len(micro) % world == 0, (budget, world)  # every rank runs the same number of micro-steps
+            for mb in micro:  # within the budget, unless one example alone exceeds it
+                T = -(-(lengths[mb].max() - 1) // pad) * pad
+                assert len(mb) * T <= budget or len(mb) == 1, (budget, world, len(mb), T)
+    assert len(split_by_tokens(ids, lengths, 10 ** 6)) == 1
+    assert len(split_by_tokens(ids, lengths, 1)) == 48
+
+
+def test_token_budget_split_gives_the_fixed_size_gradient(records):
+    # the gradient through train.py's building blocks, micro-batches cut by tokens, against the one-example-at-a-time
+    # reference and the fixed-size (batch_size rows) split: equal to fp32 rounding
+    from data.batch import split_by_tokens
+    tok = Tokenizer(STORIES / "tokenizer.model")
+    data, _, _ = select(tokenize(records, tok), np.arange(len(records)), 256)
+    ids = step_examples(0, len(records), 8, 1337)
+    lengths = np.diff(data["offsets"])
+    ref = reference_gradient(records, PLW, ids)
+    fixed = split_gradient(data, ids, PLW, 2, 4)
+    scale = max(g.abs().max().item() for g in ref.values())
+    n_targets, n_prompt = target_counts(data, ids)
+    W = PLW * n_prompt + (n_targets - n_prompt)
+    counts = set()
+    for budget, world in ((1, 1), (300, 1), (600, 2), (10 ** 6, 1)):
+        m = load_model(STORIES).train()
+        micro = split_by_tokens(ids, lengths, budget, world)
+        counts.add(len(micro))
+        for mb in micro:
+            x, y, w, p = collate(data, mb, PLW)
+            ((m(x, y) * w).sum() / W).backward()
+        for k, q in m.named_parameters():
+            assert (q.grad - ref[k]).abs().max().item() <= 1e-6 * scale, (budget, k)
+            assert (q.grad - fixed[k]).abs().max().item() <= 1e-6 * scale, (budget, k)
+    assert len(counts) >= 3  # the budgets did split differently
+
+
+def test_train_token_budget_update_equals_fixed_size(tmp_path, data_file):
+    # one train.py step: 8 x 1 rows against a token budget (single process and two DDP ranks): the same weights
+    common = [*TINY, f"--dataset={data_file}", "--max_iters=1", f"--prompt_loss_weight={PLW}", "--learning_rate=2e-5"]
+    run_train(*common, "--batch_size=8", "--gradient_accumulation_steps=1", f"--out_dir={tmp_path / 'rows'}")
+    run_train(*common, "--batch_size=8", "--gradient_accumulation_steps=1", "--tokens_per_micro_batch=400",
+              f"--out_dir={tmp_path / 'tokens'}")
+    run_train(*common, "--batch_size=4", "--gradient_accumulation_steps=1", "--tokens_per_micro_batch=400",
+              f"--out_dir={tmp_path / 'ddp'}", torchrun=2)
+    a = weights(tmp_path / "rows")
+    base = log_rows(tmp_path / "rows")[0]
+    for name in ("tokens", "ddp"):
+        b = weights(tmp_path / name)
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 2e-5, name  # see the split test: steep weights
+        assert sum(int(((a[k] - b[k]).abs() > 1e-6).sum()) for k in a) < 1e-3 * sum(v.numel() for v in a.values())
+        row = log_rows(tmp_path / name)[0]
+        for key in ("loss", "prompt_loss", "completion_loss", "grad_norm"):
+            assert row[key] == pytest.approx(base[key], rel=1e-6), (name, key)
+    r = run_train(*common, "--tokens_per_micro_batch=400", "--loss_norm=micro_mean", f"--out_dir={tmp_path / 'mm'}",
+                  check=False)
+    assert r.returncode != 0 and "needs loss_norm='global'" in r.stderr
