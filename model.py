@@ -180,18 +180,27 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     op of the forward and its backward the first of the backward (it matters for small models, whose head is
     most of the FLOPs). Targets < 0 are ignored (loss 0, no gradient). Label smoothing is PyTorch's:
     (1-eps) * nll + eps * mean over the vocab of -log p.
+
+    Under autocast the head's matmuls run in the autocast dtype in backward as in forward (autograd runs a Function's
+    backward without autocast, so this casts explicitly): the recomputed logits must be the forward's, or
+    exp(logits - lse) is no softmax. Recomputed in fp32 against a bf16 lse, gradients were 4-9% off (the max
+    relative error; tests/test_model.py), and the head's backward ran at fp32/TF32 speed.
     """
 
     @staticmethod
     def forward(ctx, h, weight, targets, label_smoothing, chunk):
         N = h.shape[0]
+        dev = h.device.type
+        ctx.dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None  # None: h's own
+        wm = weight if ctx.dtype is None else weight.to(ctx.dtype)                 # cast once, not once a chunk
         ce = torch.empty(N, dtype=torch.float32, device=h.device)
         lse = torch.empty(N, dtype=torch.float32, device=h.device)  # kept: backward's softmax is exp(logits - lse)
         # eager only: a compiled backward would not see the kept buffer being handed over (ctx.probs = None)
         keep = N <= chunk and any(ctx.needs_input_grad[:2]) and not torch.compiler.is_compiling()
         ctx.probs = None
         for s in range(0, N, chunk):
-            logits = (h[s:s + chunk] @ weight.T).float()                           # (n, V)
+            hm = h[s:s + chunk] if ctx.dtype is None else h[s:s + chunk].to(ctx.dtype)
+            logits = (hm @ wm.T).float()                                           # (n, V)
             t = targets[s:s + chunk]
             picked = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)         # (n,) the target's logit
             mean = logits.mean(dim=-1) if label_smoothing > 0 else None
@@ -217,22 +226,27 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         eps, chunk = ctx.label_smoothing, ctx.chunk
         probs, ctx.probs = ctx.probs, None  # used up in place below: a second backward (retain_graph) recomputes
         V = weight.shape[0]
+        dtype = ctx.dtype or h.dtype                                               # the matmuls' dtype
+        wm = weight.to(dtype)
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # fp32: summed over chunks
         for s in range(0, h.shape[0], chunk):
-            hc, t = h[s:s + chunk], targets[s:s + chunk]
+            hc, t = h[s:s + chunk].to(dtype), targets[s:s + chunk]
             g = torch.where(t >= 0, grad_ce[s:s + chunk], 0.0)                     # (n,)
             # d loss / d logits = p - (1-eps) onehot - eps/V, built in place in the softmax's buffer: the kept
             # one, or the recomputed logits
             if probs is not None:
                 dlogits = probs                                                    # (n, V) p = softmax
             else:
-                dlogits = (hc @ weight.T).float().sub_(lse[s:s + chunk, None]).exp_()  # (n, V) p = softmax
+                dlogits = (hc @ wm.T).float().sub_(lse[s:s + chunk, None]).exp_()  # (n, V) p = softmax
             if eps > 0:
                 dlogits -= eps / V
             dlogits[torch.arange(len(t), device=t.device), t.clamp(min=0)] -= 1 - eps
-            dlogits = dlogits.mul_(g[:, None]).to(h.dtype)
-            torch.mm(dlogits, weight, out=grad_h[s:s + chunk])
+            dlogits = dlogits.mul_(g[:, None]).to(dtype)
+            if dtype == h.dtype:
+                torch.mm(dlogits, wm, out=grad_h[s:s + chunk])
+            else:
+                grad_h[s:s + chunk] = dlogits @ wm
             if dlogits.dtype == torch.float32:
                 grad_w.addmm_(dlogits.T, hc)  # (V, dim) accumulated in place
             else:

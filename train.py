@@ -71,7 +71,8 @@ seed = 1337                     # fixes the data order, the validation split and
 device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda | cuda:N
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"  # float32 | bfloat16 (autocast, fp32 weights)
 compile = torch.cuda.is_available()  # torch.compile each transformer block (model.compile_blocks: dynamic lengths,
-                                     # no graph breaks; the loss and FSDP/DDP/checkpointing hooks stay eager)
+                                     # no graph breaks; the loss and FSDP/DDP/checkpointing hooks stay eager), and
+                                     # adamw_bf16's update (one fused kernel per parameter)
 parallel = "ddp"                # under torchrun: ddp (replicate) | fsdp (FSDP2: shard params, grads, state)
 checkpoint_interval = 0         # save a resumable checkpoint every N steps (0: only at the end)
 keep_checkpoints = 1            # how many step checkpoints to keep in out_dir
@@ -404,6 +405,8 @@ def main(argv):
     raw_model, opt, dev, rank, world, fsdp = (run[k] for k in ("raw_model", "opt", "dev", "rank", "world", "fsdp"))
     train_data, total, master = run["train_data"], run["total"], run["master"]
     model = raw_model.compile_blocks() if c["compile"] else raw_model  # per block: one graph for all lengths
+    if c["compile"] and isinstance(opt, AdamWBF16):
+        opt.compile()  # one fused kernel per parameter (optim.py), its rounding noise drawn in the kernel
     if world > 1 and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if dev.startswith("cuda") else None)
