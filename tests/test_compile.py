@@ -5,11 +5,26 @@ Tiny models (2 layers, 32 wide): compiling is slow on a CPU. The counting tests 
 AOTAutograd, whose guards decide graph breaks and recompiles, without inductor's code generation); one test compiles
 with inductor and checks the values. bench/gpu_check.sh repeats the counts with inductor on CUDA.
 """
+import json
+import os
+import subprocess
+import sys
+
 import torch
 import pytest
 from torch._dynamo.utils import counters
 
+from conftest import ROOT
 from model import ModelArgs, Transformer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny matmuls on two OpenMP threads of a busy two-core machine ran ~700x slower than on one
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 ARGS = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, hidden_dim=64, vocab_size=100,
                  max_seq_len=128)
@@ -116,3 +131,17 @@ def test_compiled_blocks_compose_with_fsdp2(tmp_path):
         assert dict(counters["graph_break"]) == {} and counters["stats"]["unique_graphs"] == 1
     finally:
         dist.destroy_process_group()
+
+
+def test_gpu_check_dry_runs_every_check_on_the_cpu(tmp_path):
+    # bench/gpu_check.sh --dry: the GPU session's script, its CPU-runnable parts at tiny shapes (~30 s)
+    out = tmp_path / "rows.jsonl"
+    r = subprocess.run(["bash", "bench/gpu_check.sh", "--dry", f"--out={out}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["check"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"compile", "step7b_eager", "step7b_compiled", "train_single", "train_torchrun", "train_bf16"}
+    assert all(row["ok"] and row["dry"] for row in rows.values())
+    assert rows["compile"]["graph_breaks"] == 0 and rows["compile"]["recompiles"] <= 2
+    assert rows["step7b_compiled"]["first_loss"] == pytest.approx(rows["step7b_eager"]["first_loss"], rel=1e-5)
+    assert rows["step7b_eager"]["micro_steps"] >= 2 and (tmp_path / "profile_dry.txt").is_file()
