@@ -12,7 +12,7 @@ import sys
 
 import torch
 import pytest
-from torch._dynamo.utils import counters
+from torch._dynamo.utils import clear_compilation_metrics, counters, get_compilation_metrics
 
 from conftest import ROOT
 from model import ModelArgs, Transformer
@@ -61,6 +61,12 @@ def step(m, B, T, seed):
 def fresh_counts():
     torch._dynamo.reset()
     counters.clear()
+    clear_compilation_metrics()
+
+
+def recompiles():
+    """compiles of a function already compiled once (its guards failed), since fresh_counts()"""
+    return [m.recompile_reason for m in get_compilation_metrics() if m.recompile_reason]
 
 
 @pytest.mark.parametrize("ckpt", [False, True])
@@ -70,10 +76,9 @@ def test_compiled_blocks_hold_over_lengths_and_batch_sizes(ckpt):
     for i, (B, T) in enumerate(SHAPES):
         step(m, B, T, i)
     assert dict(counters["graph_break"]) == {}
-    # one graph for B, T >= 2, one more for B = 1 (both layers share them): at most 2 recompiles over 12 shapes
+    # one graph for B, T >= 2, one more for B = 1 (both layers share them): 1 recompile over 12 shapes (<= 2 asked)
     graphs = counters["stats"]["unique_graphs"]
-    assert 1 <= graphs <= 3, dict(counters["stats"])
-    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled the second time round
+    assert graphs == 2 and len(recompiles()) == 1 and "size()[0]" in recompiles()[0], (graphs, recompiles())
     for i, (B, T) in enumerate(SHAPES[:4]):
         step(m, B, T, i)
     assert counters["stats"]["unique_graphs"] == graphs
