@@ -139,7 +139,8 @@ def test_compiled_blocks_compose_with_fsdp2(tmp_path):
 
 
 def test_gpu_check_dry_runs_every_check_on_the_cpu(tmp_path):
-    # bench/gpu_check.sh --dry: the GPU session's script, its CPU-runnable parts at tiny shapes (~30 s)
+    # bench/gpu_check.sh --dry: the GPU session's script, its CPU-runnable parts at tiny shapes (~35 s; ~50 s with
+    # an empty inductor cache)
     out = tmp_path / "rows.jsonl"
     r = subprocess.run(["bash", "bench/gpu_check.sh", "--dry", f"--out={out}"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, env={**os.environ, "PYTHON": sys.executable})
@@ -150,3 +151,6 @@ def test_gpu_check_dry_runs_every_check_on_the_cpu(tmp_path):
     assert rows["compile"]["graph_breaks"] == 0 and rows["compile"]["recompiles"] <= 2
     assert rows["step7b_compiled"]["first_loss"] == pytest.approx(rows["step7b_eager"]["first_loss"], rel=1e-5)
     assert rows["step7b_eager"]["micro_steps"] >= 2 and (tmp_path / "profile_dry.txt").is_file()
+    # train.py compiled (train_single, --dry: compile=True) against eager (train_torchrun): the same two steps
+    for key in ("first_loss", "last_loss"):
+        assert rows["train_single"][key] == pytest.approx(rows["train_torchrun"][key], rel=1e-5), key
