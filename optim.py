@@ -93,10 +93,11 @@ class AdamWBF16(torch.optim.Optimizer):
                 t = state["step"]
                 if fused and p.is_contiguous() and p.grad.is_contiguous():
                     key = (t, p.device)
-                    if key not in hypers:
-                        hypers[key] = torch.tensor(
-                            [1 - beta1, beta2, 1 - beta2, 1 - group["lr"] * group["weight_decay"], 1 - beta2 ** t,
-                             group["eps"], -group["lr"] / (1 - beta1 ** t)], dtype=torch.float32).to(p.device)
+                    if key not in hypers:  # pinned and non-blocking: no wait for the kernels already queued
+                        h = torch.tensor([1 - beta1, beta2, 1 - beta2, 1 - group["lr"] * group["weight_decay"],
+                                          1 - beta2 ** t, group["eps"], -group["lr"] / (1 - beta1 ** t)],
+                                         dtype=torch.float32)
+                        hypers[key] = h.pin_memory().to(p.device, non_blocking=True) if p.is_cuda else h
                     noise = (tuple(torch.randint(0, 1 << 16, p.shape, dtype=torch.int32, device=p.device)
                                    for _ in range(3)) if self.noise_from_torch else ())
                     # p.data: dynamo gives nn.Parameters static shapes (a graph per size); the plain tensor shares

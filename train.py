@@ -422,6 +422,8 @@ def main(argv):
     f0 = raw_model.flops_per_token(0)  # a sequence of T targets costs T * (f0 + f1 * T) useful FLOPs
     f1 = raw_model.flops_per_token(1) - f0
     n_micro, plw = c["gradient_accumulation_steps"] * world, c["prompt_loss_weight"]
+    if c["tokens_per_micro_batch"] < 0:
+        raise ConfigError(f"tokens_per_micro_batch must be >= 0, got {c['tokens_per_micro_batch']}")
     if c["tokens_per_micro_batch"] and c["loss_norm"] == "micro_mean":  # its factor counts batch_size micro-batches
         raise ConfigError("tokens_per_micro_batch > 0 needs loss_norm='global' or 'nonzero' (micro_mean's update "
                           "depends on the split)")
