@@ -121,8 +121,11 @@ class Attention(nn.Module):
             if T > 1 and start_pos > 0 and mask is None:  # a chunk after a prefix: causal, offset by start_pos
                 S = start_pos + T
                 mask = torch.arange(S, device=x.device) <= torch.arange(start_pos, S, device=x.device)[:, None]
+        # causal without a mask, except a one-token decode step over a cache (it sees all S keys). A plain Python bool:
+        # `T > 1` on a dynamic (symbolic) length would be a guard or a graph break in the compiled block
+        causal = mask is None and (cache is None or T > 1)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_heads != self.n_heads,
         )                                                                               # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
@@ -148,8 +151,19 @@ class Block(nn.Module):
         self.self_attn = Attention(args)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = FeedForward(args)
+        self.compiled = None  # Transformer.compile_blocks(): the compiled self.block, used when there is no KV cache
 
     def forward(self, x, cos, sin, mask=None, cache=None, start_pos=0):
+        if self.compiled is not None and cache is None:
+            # the batch and length dims are dynamic from the first call on (a size of 1 is still specialised); only
+            # these: under FSDP2 a dynamic=True compile would also turn the head counts into symbols
+            for t, dims in ((x, (0, 1)), (cos, (-2,)), (sin, (-2,))):
+                for d in dims:
+                    torch._dynamo.maybe_mark_dynamic(t, d % t.dim())
+            return self.compiled(x, cos, sin, mask)
+        return self.block(x, cos, sin, mask, cache, start_pos)
+
+    def block(self, x, cos, sin, mask=None, cache=None, start_pos=0):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start_pos)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -166,18 +180,27 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     op of the forward and its backward the first of the backward (it matters for small models, whose head is
     most of the FLOPs). Targets < 0 are ignored (loss 0, no gradient). Label smoothing is PyTorch's:
     (1-eps) * nll + eps * mean over the vocab of -log p.
+
+    Under autocast the head's matmuls run in the autocast dtype in backward as in forward (autograd runs a Function's
+    backward without autocast, so this casts explicitly): the recomputed logits must be the forward's, or
+    exp(logits - lse) is no softmax. Recomputed in fp32 against a bf16 lse, gradients were 4-9% off (the max
+    relative error; tests/test_model.py), and the head's backward ran at fp32/TF32 speed.
     """
 
     @staticmethod
     def forward(ctx, h, weight, targets, label_smoothing, chunk):
         N = h.shape[0]
+        dev = h.device.type
+        ctx.dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None  # None: h's own
+        wm = weight if ctx.dtype is None else weight.to(ctx.dtype)                 # cast once, not once a chunk
         ce = torch.empty(N, dtype=torch.float32, device=h.device)
         lse = torch.empty(N, dtype=torch.float32, device=h.device)  # kept: backward's softmax is exp(logits - lse)
         # eager only: a compiled backward would not see the kept buffer being handed over (ctx.probs = None)
         keep = N <= chunk and any(ctx.needs_input_grad[:2]) and not torch.compiler.is_compiling()
         ctx.probs = None
         for s in range(0, N, chunk):
-            logits = (h[s:s + chunk] @ weight.T).float()                           # (n, V)
+            hm = h[s:s + chunk] if ctx.dtype is None else h[s:s + chunk].to(ctx.dtype)
+            logits = (hm @ wm.T).float()                                           # (n, V)
             t = targets[s:s + chunk]
             picked = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)         # (n,) the target's logit
             mean = logits.mean(dim=-1) if label_smoothing > 0 else None
@@ -203,22 +226,27 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         eps, chunk = ctx.label_smoothing, ctx.chunk
         probs, ctx.probs = ctx.probs, None  # used up in place below: a second backward (retain_graph) recomputes
         V = weight.shape[0]
+        dtype = ctx.dtype or h.dtype                                               # the matmuls' dtype
+        wm = weight.to(dtype)
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # fp32: summed over chunks
         for s in range(0, h.shape[0], chunk):
-            hc, t = h[s:s + chunk], targets[s:s + chunk]
+            hc, t = h[s:s + chunk].to(dtype), targets[s:s + chunk]
             g = torch.where(t >= 0, grad_ce[s:s + chunk], 0.0)                     # (n,)
             # d loss / d logits = p - (1-eps) onehot - eps/V, built in place in the softmax's buffer: the kept
             # one, or the recomputed logits
             if probs is not None:
                 dlogits = probs                                                    # (n, V) p = softmax
             else:
-                dlogits = (hc @ weight.T).float().sub_(lse[s:s + chunk, None]).exp_()  # (n, V) p = softmax
+                dlogits = (hc @ wm.T).float().sub_(lse[s:s + chunk, None]).exp_()  # (n, V) p = softmax
             if eps > 0:
                 dlogits -= eps / V
             dlogits[torch.arange(len(t), device=t.device), t.clamp(min=0)] -= 1 - eps
-            dlogits = dlogits.mul_(g[:, None]).to(h.dtype)
-            torch.mm(dlogits, weight, out=grad_h[s:s + chunk])
+            dlogits = dlogits.mul_(g[:, None]).to(dtype)
+            if dtype == h.dtype:
+                torch.mm(dlogits, wm, out=grad_h[s:s + chunk])
+            else:
+                grad_h[s:s + chunk] = dlogits @ wm
             if dlogits.dtype == torch.float32:
                 grad_w.addmm_(dlogits.T, hc)  # (V, dim) accumulated in place
             else:
@@ -244,6 +272,21 @@ class Transformer(nn.Module):
         # more compute for a fraction of the activation memory; train.py's activation_checkpointing)
         self.activation_checkpointing = False
         self.apply(self._init_weights)  # a no-op on the meta device, where load_model builds the model
+
+    def compile_blocks(self, **options):
+        """torch.compile each block (torchtitan's per-block compile), for training and evaluation without a KV cache.
+
+        Only the block's own computation is compiled, not the module call: hooks around it (FSDP2's all-gather and
+        reduce-scatter, activation checkpointing, DDP) stay eager and compose as they do without compile. Everything
+        data-dependent stays outside: the padding skip (a host sync) and the chunked cross-entropy (a custom autograd
+        Function with a Python loop over chunks) run eagerly after the last block. fullgraph=True: a graph break is
+        an error, not a slowdown. Lengths and micro-batch sizes are dynamic: one graph serves every shape with B, T >= 2
+        (identical blocks share it), a micro-batch of one row (or one token) adds one more (sizes 0 and 1 are always
+        specialised). Generation (with a cache) runs the blocks eagerly."""
+        options = {"fullgraph": True, **options}
+        for layer in self.layers:
+            layer.compiled = torch.compile(layer.block, **options)
+        return self
 
     def _init_weights(self, module):
         # HF's LLaMA initialisation (initializer_range 0.02): for training from scratch and random-weight benchmarks

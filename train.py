@@ -29,7 +29,7 @@ from tqdm import tqdm
 from checkpoint import (args_from_hf_config, claim_run_dir, clear_run_dir, export_final, hf_key, list_checkpoints,
                         load_model, open_log, save_checkpoint)
 from config import ConfigError, load_config
-from data.batch import collate, data_fingerprint, split_micro_batches, step_examples, target_counts
+from data.batch import collate, data_fingerprint, split_by_tokens, split_micro_batches, step_examples, target_counts
 from data.prepare import prepare_dataset
 from model import Transformer
 from optim import AdamWBF16
@@ -49,6 +49,9 @@ max_seq_len = 512               # examples are truncated to this many tokens (BO
 val_size = 0                    # examples held out (fixed by seed) for a validation loss; 0 trains on all
 batch_size = 4                  # micro-batch size per process
 gradient_accumulation_steps = 32  # global batch = batch_size * gradient_accumulation_steps * world size
+tokens_per_micro_batch = 0      # > 0: cut the length-sorted global batch into micro-batches of at most this many padded
+                                # tokens (rows x padded length) instead of batch_size rows: few large micro-steps, the
+                                # same update (data/batch.py split_by_tokens); 0 = batch_size rows each
 epochs = 3.0                    # training length in epochs (a partial last global batch of an epoch is dropped)
 max_iters = 0                   # > 0: train this many optimizer steps instead of `epochs`
 learning_rate = 2e-5            # peak learning rate
@@ -67,7 +70,9 @@ minkowski_p = 2.0               # the p of the Minkowski distance penalty (>= 1)
 seed = 1337                     # fixes the data order, the validation split and dropout
 device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda | cuda:N
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"  # float32 | bfloat16 (autocast, fp32 weights)
-compile = torch.cuda.is_available()  # torch.compile the model
+compile = torch.cuda.is_available()  # torch.compile each transformer block (model.compile_blocks: dynamic lengths,
+                                     # no graph breaks; the loss and FSDP/DDP/checkpointing hooks stay eager), and
+                                     # adamw_bf16's update (one fused kernel per parameter)
 parallel = "ddp"                # under torchrun: ddp (replicate) | fsdp (FSDP2: shard params, grads, state)
 checkpoint_interval = 0         # save a resumable checkpoint every N steps (0: only at the end)
 keep_checkpoints = 1            # how many step checkpoints to keep in out_dir
@@ -85,7 +90,7 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 # may be extended (a longer max_iters / epochs recomputes the LR schedule from the resume point on)
 RESUMABLE_CHANGES = {"resume", "overwrite", "log_interval", "checkpoint_interval", "keep_checkpoints", "compile",
                      "eval_interval", "batch_size", "gradient_accumulation_steps", "device", "parallel",
-                     "activation_checkpointing", "max_iters", "epochs"}
+                     "activation_checkpointing", "max_iters", "epochs", "tokens_per_micro_batch"}
 
 
 def check_config(c):
@@ -107,6 +112,9 @@ def check_config(c):
     need(c["grad_clip"] >= 0, f"grad_clip must be >= 0, got {c['grad_clip']}")
     for k in ("dropout", "label_smoothing", "beta1", "beta2"):
         need(0 <= c[k] < 1, f"{k} must be in [0, 1), got {c[k]}")
+    need(c["tokens_per_micro_batch"] >= 0, f"tokens_per_micro_batch must be >= 0, got {c['tokens_per_micro_batch']}")
+    need(not (c["tokens_per_micro_batch"] and c["loss_norm"] == "micro_mean"),
+         "tokens_per_micro_batch > 0 needs loss_norm='global' or 'nonzero' (micro_mean's update depends on the split)")
     need(c["minkowski_lambda"] >= 0, f"minkowski_lambda must be >= 0, got {c['minkowski_lambda']}")
     need(c["minkowski_p"] >= 1, f"minkowski_p must be >= 1 (the penalty's gradient is unbounded below), "
                                 f"got {c['minkowski_p']}")
@@ -408,12 +416,15 @@ def train_step(run, model, it, autocast, pad_multiple):
     n_targets, n_prompt = target_counts(data, ids)
     W = plw * n_prompt + (n_targets - n_prompt)  # sum of w_t over the global batch
     n_nonzero = n_targets if plw > 0 else n_targets - n_prompt
-    micro = split_micro_batches(ids, lengths, c["batch_size"], c["gradient_accumulation_steps"] * world)
+    micro = (split_by_tokens(ids, lengths, c["tokens_per_micro_batch"], world, pad_multiple)
+             if c["tokens_per_micro_batch"] else
+             split_micro_batches(ids, lengths, c["batch_size"], c["gradient_accumulation_steps"] * world))
+    n_mine = len(micro) // world  # the same on every rank (split_by_tokens makes the count a multiple of world)
     stats = torch.zeros(3, dtype=torch.float64, device=dev)  # sum w*CE, prompt CE, completion CE (this rank)
     for k, mb in enumerate(micro[rank::world]):
         x, y, w, p = ((t.pin_memory() if dev.startswith("cuda") else t).to(dev, non_blocking=True)
                       for t in collate(data, mb, plw, pad_multiple))
-        last = k == c["gradient_accumulation_steps"] - 1
+        last = k == n_mine - 1
         sync = model.no_sync() if world > 1 and not fsdp and not last else nullcontext()
         if fsdp:
             run["raw_model"].set_requires_gradient_sync(last)
@@ -463,7 +474,9 @@ def main(argv):
     check_config(c)
     run = setup(c)
     raw_model, dev, world, total, master = (run[k] for k in ("raw_model", "dev", "world", "total", "master"))
-    model = torch.compile(raw_model, dynamic=True) if c["compile"] else raw_model  # one graph for all lengths
+    model = raw_model.compile_blocks() if c["compile"] else raw_model  # per block: one graph for all lengths
+    if c["compile"] and isinstance(run["opt"], AdamWBF16):
+        run["opt"].compile()  # one fused kernel per parameter (optim.py), its rounding noise drawn in the kernel
     if world > 1 and not run["fsdp"]:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if dev.startswith("cuda") else None)

@@ -3,6 +3,7 @@ Which examples form each optimizer step, and how they become tensors: the same f
 
     ids = step_examples(it, n, global_batch, seed)                 # (G,) fixed by seed and global batch only
     micro = split_micro_batches(ids, lengths, batch_size, n_micro)  # length-sorted micro-batches
+    micro = split_by_tokens(ids, lengths, max_tokens, world)        # or: at most max_tokens padded tokens each
     x, y, w, p = collate(data, micro[0], plw)                      # inputs, targets, loss weights, prompt mask
 """
 import hashlib
@@ -25,6 +26,33 @@ def split_micro_batches(ids, lengths, batch_size, n_micro):
     batch_size: similar lengths share a micro-batch, so little is padded. Micro-batch m goes to rank m % world."""
     order = ids[np.argsort(-lengths[ids], kind="stable")]
     return [order[m * batch_size:(m + 1) * batch_size] for m in range(n_micro)]
+
+
+def split_by_tokens(ids, lengths, max_tokens, world=1, pad_multiple=1):
+    """The global batch sorted by length (as split_micro_batches) cut into micro-batches of at most max_tokens
+    padded tokens (rows x padded length, the length being the longest row's targets rounded up to pad_multiple,
+    as collate pads), so that short examples travel in large micro-batches and long ones in small: few, large
+    micro-steps at a bounded activation memory. An example longer than max_tokens forms a micro-batch of its own.
+
+    Micro-batch m goes to rank m % world, and every rank must run the same number of micro-steps (DDP's and FSDP's
+    collectives): while the count is not a multiple of world, the micro-batch with the most rows (the first of
+    them) is halved, in place. No micro-step is padded with a dummy one; the split always ends, at the latest
+    when every row is alone (a global batch is batch_size * accumulation * world rows). The update is the same
+    for any split: train.py normalises by the global batch's weight, known before the first micro-step."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    order = ids[np.argsort(-lengths[ids], kind="stable")]
+    padded = -(-(lengths[order] - 1) // pad_multiple) * pad_multiple       # each row's padded length, descending
+    micro, start = [], 0
+    for i in range(1, len(order) + 1):  # rows are sorted longest first: a micro-batch is padded to its first row
+        if i == len(order) or (i + 1 - start) * padded[start] > max_tokens:
+            micro.append(order[start:i])
+            start = i
+    while len(micro) % world:
+        m = max(range(len(micro)), key=lambda j: (len(micro[j]), -j))
+        half = (len(micro[m]) + 1) // 2
+        micro[m:m + 1] = [micro[m][:half], micro[m][half:]]
+    return micro
 
 
 def collate(data, ids, plw, pad_multiple=1):

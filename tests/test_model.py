@@ -188,6 +188,31 @@ def test_chunked_cross_entropy_value_and_grad(eps, dtype):
     assert torch.allclose(h.grad, gh, rtol=tol, atol=tol) and torch.allclose(w.grad, gw, rtol=tol, atol=tol)
 
 
+def test_chunked_cross_entropy_under_autocast_matches_autocast_cross_entropy():
+    # train.py's dtype=bfloat16 with fp32 weights: the head's logits are bf16 (autocast), and backward, which runs
+    # without autocast, must recompute exactly those logits: gradients as autocast's own F.cross_entropy gives them,
+    # through the recompute (chunk 7) and the kept softmax (one chunk). Recomputed in fp32 they were 4-9% off
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(64, 32, generator=g) * 2).requires_grad_()
+    w = torch.randn(500, 32, generator=g).requires_grad_()
+    t = torch.randint(0, 500, (64,), generator=g)
+    up = torch.rand(64, generator=g)
+
+    def run(fn):
+        h.grad = w.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ce = fn()
+        (ce * up).sum().backward()
+        return ce.detach(), h.grad.clone(), w.grad.clone()
+
+    ref = run(lambda: F.cross_entropy((h @ w.T).float(), t, reduction="none"))
+    for chunk in (7, 10_000):
+        out = run(lambda: ChunkedCrossEntropy.apply(h, w, t, 0.0, chunk))
+        assert all(a.dtype == torch.float32 for a in out)
+        for a, b in zip(out, ref):
+            assert rel_err(a, b) < 1e-2, chunk
+
+
 # ---------------------------------------------------------------------------------------------- broken checkpoints
 
 def broken_copy(tmp_path, edit_tensors=None, edit_config=None):

@@ -509,3 +509,126 @@ def test_minkowski_run_logs_the_penalty_and_stays_closer_to_the_base(tmp_path, d
     base = weights(STORIES)
     dist = {k: sum(((weights(tmp_path / k)[n] - base[n]) ** 2).sum().item() for n in base) for k in ("plain", "mink")}
     assert dist["mink"] < dist["plain"]
+
+
+# ------------------------------------------------------------------------------------------------ token-budget split
+
+def test_token_budget_split_is_a_partition_within_budget_and_even_over_ranks():
+    from data.batch import split_by_tokens
+    lengths = np.random.default_rng(0).integers(5, 200, 96)
+    ids = step_examples(0, 96, 48, 3)
+    for budget in (1, 150, 400, 1000, 10 ** 6):
+        for world, pad in ((1, 1), (2, 8), (3, 1), (4, 8)):
+            micro = split_by_tokens(ids, lengths, budget, world, pad)
+            assert sorted(np.concatenate(micro).tolist()) == sorted(ids.tolist())
+            assert len(micro) % world == 0, (budget, world)  # every rank runs the same number of micro-steps
+            for mb in micro:  # within the budget, unless one example alone exceeds it
+                T = -(-(lengths[mb].max() - 1) // pad) * pad
+                assert len(mb) * T <= budget or len(mb) == 1, (budget, world, len(mb), T)
+    assert len(split_by_tokens(ids, lengths, 10 ** 6)) == 1
+    assert len(split_by_tokens(ids, lengths, 1)) == 48
+
+
+def test_token_budget_split_gives_the_fixed_size_gradient(records):
+    # the gradient through train.py's building blocks, micro-batches cut by tokens, against the one-example-at-a-time
+    # reference and the fixed-size (batch_size rows) split: equal to fp32 rounding
+    from data.batch import split_by_tokens
+    tok = Tokenizer(STORIES / "tokenizer.model")
+    data, _, _ = select(tokenize(records, tok), np.arange(len(records)), 256)
+    ids = step_examples(0, len(records), 8, 1337)
+    lengths = np.diff(data["offsets"])
+    ref = reference_gradient(records, PLW, ids)
+    fixed = split_gradient(data, ids, PLW, 2, 4)
+    scale = max(g.abs().max().item() for g in ref.values())
+    n_targets, n_prompt = target_counts(data, ids)
+    W = PLW * n_prompt + (n_targets - n_prompt)
+    counts = set()
+    for budget, world in ((1, 1), (300, 1), (600, 2), (10 ** 6, 1)):
+        m = load_model(STORIES).train()
+        micro = split_by_tokens(ids, lengths, budget, world)
+        counts.add(len(micro))
+        for mb in micro:
+            x, y, w, p = collate(data, mb, PLW)
+            ((m(x, y) * w).sum() / W).backward()
+        for k, q in m.named_parameters():
+            assert (q.grad - ref[k]).abs().max().item() <= 1e-6 * scale, (budget, k)
+            assert (q.grad - fixed[k]).abs().max().item() <= 1e-6 * scale, (budget, k)
+    assert len(counts) >= 3  # the budgets did split differently
+
+
+def test_train_token_budget_update_equals_fixed_size(tmp_path, data_file):
+    # one train.py step: 8 x 1 rows against a token budget (single process and two DDP ranks): the same weights
+    common = [*TINY, f"--dataset={data_file}", "--max_iters=1", f"--prompt_loss_weight={PLW}", "--learning_rate=2e-5"]
+    run_train(*common, "--batch_size=8", "--gradient_accumulation_steps=1", f"--out_dir={tmp_path / 'rows'}")
+    run_train(*common, "--batch_size=8", "--gradient_accumulation_steps=1", "--tokens_per_micro_batch=400",
+              f"--out_dir={tmp_path / 'tokens'}")
+    run_train(*common, "--batch_size=4", "--gradient_accumulation_steps=1", "--tokens_per_micro_batch=400",
+              f"--out_dir={tmp_path / 'ddp'}", torchrun=2)
+    a = weights(tmp_path / "rows")
+    base = log_rows(tmp_path / "rows")[0]
+    for name in ("tokens", "ddp"):
+        b = weights(tmp_path / name)
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 2e-5, name  # see the split test: steep weights
+        assert sum(int(((a[k] - b[k]).abs() > 1e-6).sum()) for k in a) < 1e-3 * sum(v.numel() for v in a.values())
+        row = log_rows(tmp_path / name)[0]
+        for key in ("loss", "prompt_loss", "completion_loss", "grad_norm"):
+            assert row[key] == pytest.approx(base[key], rel=1e-6), (name, key)
+    r = run_train(*common, "--tokens_per_micro_batch=400", "--loss_norm=micro_mean", f"--out_dir={tmp_path / 'mm'}",
+                  check=False)
+    assert r.returncode != 0 and "needs loss_norm='global'" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ fused bf16 AdamW
+
+def test_fused_adamw_bf16_is_the_eager_update_bit_for_bit():
+    # the compiled per-parameter update against the eager loop, given the same random bits (drawn with torch.randint
+    # in the eager loop's order): two groups (weight decay on / off), four shapes, four steps with a changing lr and
+    # gradients from 1 to 1e-3: identical weights and moments, and one compiled graph per parameter rank (1-D, 2-D)
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    g = torch.Generator().manual_seed(0)
+    shapes = [(64, 32), (32,), (100, 7), (513,)]
+    w0 = [(torch.randn(*s, generator=g) * 0.05).bfloat16() for s in shapes]
+    grads = [[torch.randn(*s, generator=g).bfloat16() * 10 ** -k for s in shapes] for k in range(4)]
+
+    def run(fused):
+        ps = [torch.nn.Parameter(w.clone()) for w in w0]
+        opt = AdamWBF16([{"params": ps[:2], "weight_decay": 0.1}, {"params": ps[2:], "weight_decay": 0.0}], lr=1e-2,
+                        fused=fused)
+        opt.noise_from_torch = True
+        torch.manual_seed(5)
+        for k, gr in enumerate(grads):
+            for p, x in zip(ps, gr):
+                p.grad = x.clone()
+            for group in opt.param_groups:
+                group["lr"] = 1e-2 * (k + 1) / 4
+            opt.step()
+        return [(p, opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]) for p in ps]
+
+    for a, b in zip(run(False), run(True)):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(run(False)[0][0], w0[0])  # it moved
+    assert dict(counters["graph_break"]) == {} and counters["stats"]["unique_graphs"] == 2
+
+
+def test_fused_adamw_bf16_in_kernel_noise_rounds_without_bias():
+    # production: the noise is drawn inside the kernel (a different stream from torch.randint, reproducible from the
+    # torch seed, so resumed runs stay exact). From w = 1, g = 1, the first step gives w = 1 - lr, m = 0.1, v = 0.001
+    # in fp32: every result is one of its two bf16 neighbours, rounded up as often as the distance says
+    def step(seed, n=20000):
+        p = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
+        opt = AdamWBF16([p], lr=1e-3).compile()
+        p.grad = torch.ones(n, dtype=torch.bfloat16)
+        torch.manual_seed(seed)
+        opt.step()
+        return [p.detach().float(), opt.state[p]["exp_avg"].float(), opt.state[p]["exp_avg_sq"].float()]
+
+    a, b = step(1), step(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    exact = torch.tensor([1 - 1e-3 / (1 + 1e-8), 0.1, 0.001])  # lr * m_hat / (sqrt(v_hat) + eps), m_hat = v_hat = 1
+    for x, value in zip(a, exact):
+        lo, hi = bf16_neighbours(value[None])
+        assert ((x == lo) | (x == hi)).all()
+        p_up = ((value - lo) / (hi - lo)).item()
+        assert abs((x == hi).float().mean().item() - p_up) <= 5 * (p_up * (1 - p_up) / len(x)) ** 0.5
