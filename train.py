@@ -350,7 +350,8 @@ def setup(c):
     """Everything before the first step, in order: distributed init, the run directory, the base model's tokenizer
     and shape, the data, the model, the optimizer, the run record. Returns the run's state as a dict."""
     rank, world, dev = init_distributed(c["device"])
-    master, fsdp = rank == 0, world > 1 and c["parallel"] == "fsdp"
+    # under torchrun FSDP2 shards even on one GPU (then it shards nothing, but runs the same code as on many)
+    master, fsdp = rank == 0, dist.is_initialized() and c["parallel"] == "fsdp"
     if c["optimizer"] == "adamw_bf16" and (c["dtype"] != "bfloat16" or fsdp):
         raise ConfigError("optimizer='adamw_bf16' keeps the weights in bf16: it needs dtype='bfloat16' and does not "
                           "combine with parallel='fsdp' (FSDP already shards fp32 state across GPUs)")
@@ -535,7 +536,7 @@ def main(argv):
         export_final(Path(c["out_dir"]), final)
         run["log_file"].close()
     say(master, f"done: {total} steps; the fine-tuned model is in {c['out_dir']} (HF layout)")
-    if world > 1:
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -17,8 +17,8 @@
 #                    compiled one (blocks + fused optimizer) also counts graphs; the profile table of one step
 #                    goes to profile_7b.txt (eager: profile_7b_eager.txt; --dry: profile_dry*.txt) beside --out
 #   train_single     train.py end to end on tests/fixtures/stories260K: one GPU, compile on
-#   train_torchrun   torchrun --nproc_per_node=1 ... --parallel=fsdp (one rank: torchrun's process group and the
-#                    loop; FSDP2 shards only with world > 1, which tests/test_train.py covers on the CPU)
+#   train_torchrun   torchrun --nproc_per_node=1 ... --parallel=fsdp (one rank: FSDP2 wraps the model and runs its
+#                    code path, sharding over one rank; tests/test_train.py covers 2 ranks on the CPU)
 #   train_bf16       optimizer=adamw_bf16 (fused update) + tokens_per_micro_batch
 # Exit status: 0 when every check passed.
 set -uo pipefail
