@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from safetensors import safe_open, SafetensorError
 from safetensors.torch import save_file
@@ -351,3 +352,46 @@ def open_log(out, start, resume):
         keep = [l for l in log_path.read_text().splitlines() if logged_before(l)]
         atomic_write(log_path, lambda tmp: Path(tmp).write_text("".join(l + "\n" for l in keep)))
     return open(log_path, "a")
+
+
+def resume_state(c, ckpts, G, fingerprint, defaults, resumable):
+    """The last checkpoint's training state; refused if the run was started with settings that change the update."""
+    state = torch.load(ckpts[-1] / "train_state.pt", map_location="cpu", weights_only=False, mmap=True)
+    was = {**defaults, **state["config"]}  # a key added since the run started had its default then
+    changed = [f"{k}: {was[k]!r} -> {c[k]!r}" for k in c if k not in resumable and was[k] != c[k]]
+    if state["global_batch"] != G:
+        changed.append(f"global batch size: {state['global_batch']} -> {G}")
+    if state["data_fingerprint"] != fingerprint:
+        changed.append(f"training data: fingerprint {state['data_fingerprint']} -> {fingerprint}")
+    if changed:
+        raise DataError(f"cannot resume {c['out_dir']}: the run was started with different settings "
+                          f"({'; '.join(changed)})")
+    return state
+
+
+def checkpoint(run, it):
+    """Save a resumable checkpoint of train.py's run after `it` steps: the weights in HF layout, the optimizer, every
+    rank's RNG state, the config. Collective under FSDP (all ranks gather) and DDP, rank 0 writes."""
+    model, opt, c = run["raw_model"], run["opt"], run["cfg"]
+    if run["fsdp"]:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        sd, opt_sd = get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, opt, options=opts)
+    else:
+        sd, opt_sd = model.state_dict(), opt.state_dict()
+    cuda = run["dev"].startswith("cuda")
+    rng = {"torch": [torch.get_rng_state()], "cuda": [torch.cuda.get_rng_state()] if cuda else []}
+    if run["world"] > 1:  # every rank's generator: dropout masks differ per rank
+        gathered = [None] * run["world"]
+        dist.all_gather_object(gathered, rng)
+        rng = {k: [g[k][0] for g in gathered if g[k]] for k in rng}
+    path = None
+    if run["master"]:
+        state = {"iter": it, "optimizer": opt_sd, "rng": rng, "config": c, "global_batch": run["G"],
+                 "data_fingerprint": run["fingerprint"]}
+        path = save_checkpoint(c["out_dir"], it, {hf_key(k): v for k, v in sd.items()}, model.args, run["tok_path"],
+                               state, c["keep_checkpoints"], base_dir=c["init_from"])
+    if run["world"] > 1:
+        dist.barrier()
+    return path

@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import (args_from_hf_config, claim_run_dir, clear_run_dir, export_final, hf_key, list_checkpoints,
-                        load_model, open_log, save_checkpoint)
+from checkpoint import (args_from_hf_config, checkpoint, claim_run_dir, clear_run_dir, export_final, list_checkpoints,
+                        load_model, open_log, resume_state)
 from config import ConfigError, load_config
 from data.batch import collate, data_fingerprint, split_by_tokens, split_micro_batches, step_examples, target_counts
 from data.prepare import prepare_dataset
@@ -173,33 +173,6 @@ def minkowski_penalty(params, base, lam, p):
 # -----------------------------------------------------------------------------
 # checkpoints (checkpoint.py writes them: a crash at any moment leaves the last one whole) and set-up steps
 
-def checkpoint(run, it):
-    """Save a resumable checkpoint after `it` steps. Collective under FSDP (all ranks gather), rank 0 writes."""
-    model, opt, c = run["raw_model"], run["opt"], run["cfg"]
-    if run["fsdp"]:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        sd, opt_sd = get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, opt, options=opts)
-    else:
-        sd, opt_sd = model.state_dict(), opt.state_dict()
-    cuda = run["dev"].startswith("cuda")
-    rng = {"torch": [torch.get_rng_state()], "cuda": [torch.cuda.get_rng_state()] if cuda else []}
-    if run["world"] > 1:  # every rank's generator: dropout masks differ per rank
-        gathered = [None] * run["world"]
-        dist.all_gather_object(gathered, rng)
-        rng = {k: [g[k][0] for g in gathered if g[k]] for k in rng}
-    path = None
-    if run["master"]:
-        state = {"iter": it, "optimizer": opt_sd, "rng": rng, "config": c, "global_batch": run["G"],
-                 "data_fingerprint": run["fingerprint"]}
-        path = save_checkpoint(c["out_dir"], it, {hf_key(k): v for k, v in sd.items()}, model.args, run["tok_path"],
-                               state, c["keep_checkpoints"], base_dir=c["init_from"])
-    if run["world"] > 1:
-        dist.barrier()
-    return path
-
-
 def init_distributed(device):
     """(rank, world, device) from torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or a single process"""
     if int(os.environ.get("RANK", -1)) == -1:
@@ -251,21 +224,6 @@ def check_trainable(c, data):
     if n_completion == 0 and c["prompt_loss_weight"] == 0:
         raise ConfigError(f"nothing to train: every completion was truncated away (max_seq_len={c['max_seq_len']}) "
                           f"and prompt_loss_weight is 0, so every loss weight is 0")
-
-
-def resume_state(c, ckpts, G, fingerprint):
-    """The last checkpoint's training state; refused if the run was started with settings that change the update."""
-    state = torch.load(ckpts[-1] / "train_state.pt", map_location="cpu", weights_only=False, mmap=True)
-    was = {**DEFAULTS, **state["config"]}  # a key added since the run started had its default then
-    changed = [f"{k}: {was[k]!r} -> {c[k]!r}" for k in c if k not in RESUMABLE_CHANGES and was[k] != c[k]]
-    if state["global_batch"] != G:
-        changed.append(f"global batch size: {state['global_batch']} -> {G}")
-    if state["data_fingerprint"] != fingerprint:
-        changed.append(f"training data: fingerprint {state['data_fingerprint']} -> {fingerprint}")
-    if changed:
-        raise ConfigError(f"cannot resume {c['out_dir']}: the run was started with different settings "
-                          f"({'; '.join(changed)})")
-    return state
 
 
 def build_model(c, load_dir, base_args, dev, fsdp, master):
@@ -380,7 +338,7 @@ def setup(c):
     total = c["max_iters"] if c["max_iters"] > 0 else max(1, int(c["epochs"] * per_epoch))
     warmup = c["warmup_iters"] if c["warmup_iters"] >= 0 else math.ceil(c["warmup_ratio"] * total)
     fingerprint = data_fingerprint(train_data)
-    state = resume_state(c, ckpts, G, fingerprint) if c["resume"] else None
+    state = resume_state(c, ckpts, G, fingerprint, DEFAULTS, RESUMABLE_CHANGES) if c["resume"] else None
     model = build_model(c, ckpts[-1] if c["resume"] else c["init_from"], base_args, dev, fsdp, master)
     opt = build_optimizer(c, model, dev, state, fsdp, master, rank)
     # theta_0 of the Minkowski penalty: the weights the run started from (init_from, also after a resume)
