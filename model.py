@@ -98,32 +98,24 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask=None, cache=None, start_pos=0):
+    def forward(self, x, cos, sin, mask=None, cache=None, pos=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None and torch.is_tensor(start_pos):
-            # per-row positions start_pos (B, T): each row writes its keys/values at its own place in the static
-            # cache; the mask (B, 1, T, S) says which of the first S cache positions each query sees
+        if cache is not None:
+            # the one KV-cache path: each row writes its keys/values at its own positions pos (B, T) of the static
+            # cache, then attends to the first S cache positions, through the mask (B, 1, T, S) when there is one,
+            # else causally from position 0 (a prefill)
             k_cache, v_cache = cache
-            at = start_pos[:, None, :, None].expand_as(k)                              # (B, nkv, T, hd)
+            at = pos[:, None, :, None].expand_as(k)                                    # (B, nkv, T, hd)
             k_cache.scatter_(2, at, k)
             v_cache.scatter_(2, at, v)
-            k, v = k_cache[:, :, :mask.shape[-1]], v_cache[:, :, :mask.shape[-1]]     # (B, nkv, S, hd)
-        elif cache is not None:
-            # static cache: write this step's keys/values in place, attend to everything written so far
-            k_cache, v_cache = cache
-            k_cache[:, :, start_pos:start_pos + T] = k
-            v_cache[:, :, start_pos:start_pos + T] = v
-            k, v = k_cache[:, :, :start_pos + T], v_cache[:, :, :start_pos + T]       # (B, nkv, S, hd)
-            if T > 1 and start_pos > 0 and mask is None:  # a chunk after a prefix: causal, offset by start_pos
-                S = start_pos + T
-                mask = torch.arange(S, device=x.device) <= torch.arange(start_pos, S, device=x.device)[:, None]
-        # causal without a mask, except a one-token decode step over a cache (it sees all S keys). A plain Python bool:
-        # `T > 1` on a dynamic (symbolic) length would be a guard or a graph break in the compiled block
-        causal = mask is None and (cache is None or T > 1)
+            S = T if mask is None else mask.shape[-1]
+            k, v = k_cache[:, :, :S], v_cache[:, :, :S]                                # (B, nkv, S, hd)
+        # a plain Python bool: `T > 1` on a dynamic (symbolic) length would be a guard or a graph break when compiled
+        causal = mask is None
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_heads != self.n_heads,
@@ -153,7 +145,7 @@ class Block(nn.Module):
         self.mlp = FeedForward(args)
         self.compiled = None  # Transformer.compile_blocks(): the compiled self.block, used when there is no KV cache
 
-    def forward(self, x, cos, sin, mask=None, cache=None, start_pos=0):
+    def forward(self, x, cos, sin, mask=None, cache=None, pos=None):
         if self.compiled is not None and cache is None:
             # the batch and length dims are dynamic from the first call on (a size of 1 is still specialised); only
             # these: under FSDP2 a dynamic=True compile would also turn the head counts into symbols
@@ -161,10 +153,10 @@ class Block(nn.Module):
                 for d in dims:
                     torch._dynamo.maybe_mark_dynamic(t, d % t.dim())
             return self.compiled(x, cos, sin, mask)
-        return self.block(x, cos, sin, mask, cache, start_pos)
+        return self.block(x, cos, sin, mask, cache, pos)
 
-    def block(self, x, cos, sin, mask=None, cache=None, start_pos=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start_pos)
+    def block(self, x, cos, sin, mask=None, cache=None, pos=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, pos)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -312,12 +304,16 @@ class Transformer(nn.Module):
         required and says which of the first S cache positions each query sees).
         """
         B, T = idx.shape
+        pos = None
         if cache is not None and torch.is_tensor(start_pos):
             if mask is None:
                 raise ValueError("per-row start positions need a mask over the cache")
-            start_pos = input_pos = start_pos[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+            pos = input_pos = start_pos[:, None] + torch.arange(T, device=idx.device)  # (B, T) each row's positions
         elif cache is not None:
-            input_pos = torch.arange(start_pos, start_pos + T, device=idx.device)
+            input_pos = torch.arange(start_pos, start_pos + T, device=idx.device)      # (T,)
+            pos = input_pos.expand(B, T)                                               # (B, T)
+            if start_pos > 0 and mask is None:  # after a prefix: causal, offset by start_pos, over S = start_pos + T
+                mask = torch.arange(start_pos + T, device=idx.device) <= input_pos[:, None]   # (T, S)
         if input_pos is None:
             if T > self.rope_cos.shape[0]:
                 raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.args.max_seq_len}")
@@ -330,9 +326,9 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 # non-reentrant checkpointing restores the RNG state for the recompute: the same dropout masks
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, start_pos, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, None if cache is None else cache[i], start_pos)
+                x = layer(x, cos, sin, mask, None if cache is None else cache[i], pos)
         x = self.norm(x)                                                             # (B, T, dim)
         if return_hidden:
             return x
