@@ -27,7 +27,7 @@ compile = False
 log_interval = 1          # the loss RSD needs every step
 
 sweep_plw = "0,5e-4,0.01,0.05,0.25,1"
-sweep_seeds = "1,2,3"
+sweep_seeds = "1,2,3,4,5"
 sweep_tasks = "arc_easy"  # at chance at this size: kept (200 documents) to show it, and for the analysis' aggregate
 sweep_mc_limit = 200
 sweep_eval_data = "../shared/data/eval/hf"
