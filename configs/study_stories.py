@@ -1,14 +1,19 @@
 # The small-scale PLW study in the README ("A small-scale study (CPU)"): stories260K (a real pre-trained 260K-parameter
 # LLaMA) fine-tuned on prompt-inverted Alpaca records that fit its context with their whole completion, then measured
 # on held-out records (fit, overfitting, the learned task), on text sampled from the base model (forgetting) and by
-# the paper's mechanisms (loss RSD, weight distance, memorization). 6 PLWs x 3 seeds.
-#   python sweep.py configs/study_stories.py
+# the paper's mechanisms (loss RSD, weight distance, memorization). 6 PLWs x 5 seeds = 30 runs of 74 steps.
+#   python sweep.py configs/study_stories.py          # one process: about 75 min on 2 shared CPU cores
+# or, as it was run (31 min, 2026-11-30): two processes of one core each, half the PLW grid each, then collect
+#   OMP_NUM_THREADS=1 python sweep.py configs/study_stories.py --plw=0,5e-4,0.01 &
+#   OMP_NUM_THREADS=1 python sweep.py configs/study_stories.py --plw=0.05,0.25,1 &
+#   wait; python sweep.py configs/study_stories.py    # every step is done: scores.jsonl + analysis/
 # The data (committed, made once; eval/heldout.py's docstring):
 #   python eval/heldout.py split --src data/samples/alpaca_2k_short.json --tokenizer tests/fixtures/stories260K \
 #       --max_seq_len 512 --n_heldout 200 --n_train 300 --seed 0 --out docs/study/data
 #   python eval/heldout.py base_samples --model tests/fixtures/stories260K --n 64 --tokens 128 --seed 0 \
 #       --output docs/study/data/base_samples.json
-# The held-out split is fixed (split --seed 0); a run's seed changes only the data order (dropout is 0).
+# The held-out split is fixed (split --seed 0); a run's seed changes only the data order (dropout is 0) and which 64
+# training prompts memorization BLEU scores (the same at every PLW for that seed).
 init_from = "tests/fixtures/stories260K"
 dataset = "docs/study/data/train.json"   # 300 records, every one whole within max_seq_len
 out_dir = "out/study"
