@@ -3,7 +3,7 @@ Held-out fit, overfitting, forgetting and the learned task, for the small-scale 
 study (CPU)"). Three subcommands:
 
     python eval/heldout.py split --src data/samples/alpaca_2k_short.json --tokenizer tests/fixtures/stories260K \
-        --max_seq_len 512 --n_heldout 300 --n_train 700 --seed 0 --out docs/study/data
+        --max_seq_len 512 --n_heldout 200 --n_train 300 --seed 0 --out docs/study/data
     python eval/heldout.py base_samples --model tests/fixtures/stories260K --n 64 --tokens 128 --seed 0 \
         --output docs/study/data/base_samples.json
     python eval/heldout.py eval --model out/study_sweep/plw0_seed1 --train docs/study/data/train.json \
