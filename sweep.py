@@ -10,7 +10,8 @@ Run the paper's experiment: fine-tune one run per condition, evaluate every run,
 A condition is (base model, dataset, PLW, regularizer and its value, seed): the grid crosses --models, --datasets,
 --plw and --seeds; each --regularizers variant runs at the PLWs of --reg_plw (the paper's comparison: PLW 0 and 1)
 beside the plain grid. Per run: train.py, then eval/mc.py, eval/gen.py (short generation), eval/judge.py (long
-generation, with --judge), eval/memorization.py, eval/distance.py and the loss RSD; each step is skipped when its
+generation, with --judge), eval/memorization.py, eval/heldout.py (with --heldout: held-out and train completion NLL,
+forgetting NLL with --forget, exact match and chrF), eval/distance.py and the loss RSD; each step is skipped when its
 output exists, so re-running continues where it stopped. Then SWEEP/scores.jsonl (one row per run and benchmark or
 mechanism, with its condition) and eval/analyze.py's table, fits and figures in SWEEP/analysis/.
 Settings: the options below, on the command line or as sweep_<name> in the config file (train.py ignores those);
