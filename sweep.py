@@ -10,7 +10,8 @@ Run the paper's experiment: fine-tune one run per condition, evaluate every run,
 A condition is (base model, dataset, PLW, regularizer and its value, seed): the grid crosses --models, --datasets,
 --plw and --seeds; each --regularizers variant runs at the PLWs of --reg_plw (the paper's comparison: PLW 0 and 1)
 beside the plain grid. Per run: train.py, then eval/mc.py, eval/gen.py (short generation), eval/judge.py (long
-generation, with --judge), eval/memorization.py, eval/distance.py and the loss RSD; each step is skipped when its
+generation, with --judge), eval/memorization.py, eval/heldout.py (with --heldout: held-out and train completion NLL,
+forgetting NLL with --forget, exact match and chrF), eval/distance.py and the loss RSD; each step is skipped when its
 output exists, so re-running continues where it stopped. Then SWEEP/scores.jsonl (one row per run and benchmark or
 mechanism, with its condition) and eval/analyze.py's table, fits and figures in SWEEP/analysis/.
 Settings: the options below, on the command line or as sweep_<name> in the config file (train.py ignores those);
@@ -51,6 +52,11 @@ sweep_gen_limit = 0             # first N documents per generation task and of t
 sweep_mem_n = 10000             # training prompts for memorization BLEU (the paper: 10,000)
 sweep_mem_max_new_tokens = 512  # greedy tokens per memorization prompt
 sweep_eval_batch_size = 32      # evaluation batch size
+sweep_heldout = ""              # held-out Alpaca JSON for eval/heldout.py (held-out/train NLL, exact match, chrF; "" = none)
+sweep_heldout_train = ""        # the training records whose completion NLL is measured after training ("" = the dataset)
+sweep_heldout_train_n = 0       # the first N of them, in file order (0: all)
+sweep_forget = ""               # base-model samples (eval/heldout.py base_samples) for the forgetting NLL ("" = none)
+sweep_heldout_max_new_tokens = 64  # greedy tokens per held-out prediction
 sweep_launcher = ""             # prefix for train.py, e.g. 'torchrun --standalone --nproc_per_node=8'
 sweep_dry_run = False           # print the commands of the steps still to run, run nothing
 # -----------------------------------------------------------------------------
@@ -61,6 +67,11 @@ REGULARIZERS = {"weight_decay": "weight_decay", "dropout": "dropout", "label_smo
 MC_METRIC = {"arc_challenge": "acc_norm", "arc_easy": "acc_norm", "hellaswag": "acc_norm", "piqa": "acc_norm",
              "openbookqa": "acc_norm", "truthfulqa_mc1": "acc", "truthfulqa_mc2": "acc", "winogrande": "acc",
              "boolq": "acc", "mmlu": "acc"}
+# eval/heldout.py's results -> (key, benchmark, higher_is_better)
+HELDOUT_ROWS = (("heldout_nll", "heldout_nll", False), ("heldout_prompt_nll", "heldout_prompt_nll", False),
+                ("train_nll", "train_nll", False), ("gap", "overfit_gap", False),
+                ("forget_nll", "forget_nll", False), ("exact_match", "heldout_exact_match", True),
+                ("chrf", "heldout_chrf", True), ("gen_tokens_mean", "heldout_gen_tokens", True))
 
 
 def numbers(name, text, kind=float):
@@ -136,6 +147,12 @@ def commands(c, configs, overrides, cond, run_dir):
             "--max_new_tokens", str(s("mem_max_new_tokens")), "--batch_size", bs,
             "--max_prompt_tokens", str(c["max_seq_len"] - 1),  # longer prompts were cut before their completion
             "--seed", str(seed), "--output", f"{out}/eval_memorization.json"]))
+    if s("heldout"):
+        data = DATA_DIR / DATASETS[dataset]["path"] if dataset in DATASETS else Path(dataset)
+        steps.append(("heldout", run_dir / "eval_heldout.json", [
+            py, "eval/heldout.py", "eval", "--model", out, "--train", s("heldout_train") or str(data),
+            "--train_n", str(s("heldout_train_n")), "--heldout", s("heldout"), "--base_samples", s("forget"),
+            "--max_new_tokens", str(s("heldout_max_new_tokens")), "--output", f"{out}/eval_heldout.json"]))
     steps.append(("distance", run_dir / "eval_distance.json", [
         py, "eval/distance.py", "--model", out, "--base", model, "--output", f"{out}/eval_distance.json"]))
     return steps
@@ -167,6 +184,12 @@ def score_rows(cond, run_dir):
         for key, name in (("bleu", "memorization_bleu"), ("gen_tokens_mean", "gen_length_tokens"),
                           ("gen_words_mean", "gen_length_words")):
             rows.append({**base, "benchmark": name, "score": mem[key], "group": "mechanism"})
+    held = read("eval_heldout.json")
+    if held:  # the study's measures (eval/heldout.py): losses are lower-is-better
+        for key, name, higher in HELDOUT_ROWS:
+            if held.get(key) is not None:
+                rows.append({**base, "benchmark": name, "score": held[key], "group": "mechanism",
+                             "higher_is_better": higher})
     dist = read("eval_distance.json")
     if dist:
         rows += [{**base, "benchmark": f"weight_distance_{k}_rel", "score": dist["overall"][f"{k}_rel"],

@@ -268,6 +268,66 @@ def aggregate(rows, group=None):
 
 
 # -----------------------------------------------------------------------------
+# paired differences against PLW 0 across seeds
+
+# two-sided 95% t quantiles t_{0.975, df} for df = 1..30 (standard tables, e.g. NIST/SEMATECH e-Handbook 1.3.6.7.2,
+# to 3 decimals); above 30 the Cornish-Fisher expansion around the normal quantile (error < 1e-3 there)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df):
+    """The 97.5% quantile of Student's t with df degrees of freedom (two-sided 95% intervals)."""
+    if not isinstance(df, (int, np.integer)) or df < 1:
+        raise ValueError(f"degrees of freedom must be a positive integer, got {df!r}")
+    if df <= len(T975):
+        return T975[df - 1]
+    z = Z95
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def paired_differences(rows, baseline=0.0):
+    """
+    For each plain-PLW condition (regularizer none) and benchmark, the score minus the same seed's score at PLW
+    `baseline` (same dataset, model, benchmark), with a 95% t interval over seeds: mean ± t_{0.975, n-1} · sd / √n
+    (sd: the seeds' sample sd of the differences, ddof 1; no interval for one seed). Returns
+    [{"dataset", "model", "benchmark", "group", "higher_is_better", "plw", "seeds", "mean", "sd", "base_mean",
+    "diff", "diff_sd", "ci": [lo, hi] | None, "excludes_zero": bool | None}] ("mean"/"sd": the raw scores over
+    the paired seeds), baseline rows first (diff 0, no interval); conditions without the baseline are left out.
+    """
+    rows = [r for r in normalize_rows(rows) if r["regularizer"] == "none"]
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["dataset"], r["model"], r["benchmark"]), {}).setdefault(r["plw"], {})[r["seed"]] = r
+    out = []
+    for (d, m, b), by_plw in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], GROUPS.index(
+            next(iter(next(iter(kv[1].values())).values()))["group"]), kv[0][2])):
+        base = by_plw.get(baseline)
+        if base is None:
+            continue
+        for plw in sorted(by_plw):
+            seeds = sorted(set(by_plw[plw]) & set(base))
+            if not seeds:
+                continue
+            x = np.array([by_plw[plw][s]["score"] for s in seeds])
+            x0 = np.array([base[s]["score"] for s in seeds])
+            diff = x - x0
+            n = len(seeds)
+            sd = float(diff.std(ddof=1)) if n > 1 else None
+            ci = None
+            if n > 1 and plw != baseline:
+                half = t975(n - 1) * sd / math.sqrt(n)
+                ci = [float(diff.mean() - half), float(diff.mean() + half)]
+            first = by_plw[plw][seeds[0]]
+            out.append({"dataset": d, "model": m, "benchmark": b, "group": first["group"],
+                        "higher_is_better": first["higher_is_better"], "plw": plw, "seeds": n,
+                        "mean": float(x.mean()), "sd": float(x.std(ddof=1)) if n > 1 else None,
+                        "base_mean": float(x0.mean()), "diff": float(diff.mean()), "diff_sd": sd, "ci": ci,
+                        "excludes_zero": None if ci is None else bool(ci[0] > 0 or ci[1] < 0)})
+    return out
+
+
+# -----------------------------------------------------------------------------
 # the quadratic fit
 
 def fit_quadratic(x, y):
@@ -565,7 +625,7 @@ def format_fit(fit, what="rel. aggregate"):
     s = (f"{what} ≈ a·w_p² + b·w_p + c with a = {fit['a']:.4g}, b = {fit['b']:.4g}, c = {fit['c']:.4g} "
          f"(R² = {_fmt(fit['r2'], '.3f')}, n = {fit['n']})")
     if fit["critical_plw"] is not None:
-        return s + f": vertex w_p = {fit['vertex_wp']:.3f} → **critical PLW = {fit['critical_plw']:.3g}**"
+        return s + f": vertex w_p = {fit['vertex_wp']:.3f} → critical PLW = {fit['critical_plw']:.3g} (untested)"
     return s + f": no critical PLW ({fit['reason']})"
 
 
@@ -586,7 +646,9 @@ def format_beta(b, what):
         return s + f"; no critical PLW ({b['reason']})"
     lo, hi = b["ci_plw"]
     clipped = " (clipped to the grid)" if any(b["ci_clipped"]) else ""
-    return s + (f"; **critical PLW = {b['critical_plw']:.3g}**, 95% CI [{lo:.3g}, {hi:.3g}]{clipped} from the "
+    crit = f"critical PLW = {b['critical_plw']:.3g}"
+    crit = f"**{crit}**" if b["p"] < 0.05 else crit + " (b2 not significant: do not read it as a finding)"
+    return s + (f"; {crit}, 95% CI [{lo:.3g}, {hi:.3g}]{clipped} from the "
                 f"delta-method interval of the vertex w_p = {b['vertex_wp']:.3f} ± {Z95 * b['vertex_se']:.3f} (95%)")
 
 
@@ -650,6 +712,50 @@ def markdown_table(result):
         lines.append("")
         if res["regularizers"]:
             lines += markdown_regularizers(res["regularizers"])
+    return "\n".join(lines)
+
+
+def markdown_paired(paired, baseline=0.0):
+    """Two tables per dataset (and model): the raw mean ± sd over seeds per PLW, and the paired difference against
+    PLW `baseline` with its 95% t interval; * marks an interval that excludes zero."""
+    if not paired:
+        return ""
+    lines = []
+    keys = sorted({(p["dataset"], p["model"]) for p in paired})
+    for d, m in keys:
+        ps = [p for p in paired if (p["dataset"], p["model"]) == (d, m)]
+        plws = sorted({p["plw"] for p in ps})
+        benches = list(dict.fromkeys(p["benchmark"] for p in ps))
+        get = {(p["benchmark"], p["plw"]): p for p in ps}
+        seeds = sorted({p["seeds"] for p in ps})
+        title = f"### {d}" + (f" ({m})" if m else "") + ": paired differences vs PLW " + f"{baseline:g}"
+        lines += [title, "", f"Mean ± sd over seeds ({'/'.join(map(str, seeds))} seeds per PLW):", "",
+                  "| benchmark | " + " | ".join(f"PLW {p:g}" for p in plws) + " |", "|---|" + "---:|" * len(plws)]
+        for b in benches:
+            cells = []
+            for p in plws:
+                e = get.get((b, p))
+                cells.append("-" if e is None else f"{e['mean']:.4g}" + (f" ± {e['sd']:.2g}" if e["sd"] is not None
+                                                                          else ""))
+            arrow = "" if get[(b, next(p for p in plws if (b, p) in get))]["higher_is_better"] else " ↓"
+            lines.append(f"| {b}{arrow} | " + " | ".join(cells) + " |")
+        others = [p for p in plws if p != baseline]
+        lines += ["", f"Difference from PLW {baseline:g} with the same seed, mean [95% CI] "
+                  "(t interval over seeds, n − 1 df; * the interval excludes zero):", "",
+                  "| benchmark | " + " | ".join(f"PLW {p:g}" for p in others) + " |", "|---|" + "---:|" * len(others)]
+        for b in benches:
+            cells = []
+            for p in others:
+                e = get.get((b, p))
+                if e is None:
+                    cells.append("-")
+                elif e["ci"] is None:
+                    cells.append(f"{e['diff']:+.3g}")
+                else:
+                    cells.append(f"{e['diff']:+.3g} [{e['ci'][0]:+.3g}, {e['ci'][1]:+.3g}]"
+                                 + ("*" if e["excludes_zero"] else ""))
+            lines.append(f"| {b} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -749,6 +855,42 @@ def regularizer_figure(Figure, d, regs):
     return fig
 
 
+def paired_figures(Figure, d, paired):
+    """(metrics figure, differences figure) of one dataset: each benchmark vs w_p with every seed's score and the
+    mean; and its difference from PLW 0 with the 95% t interval."""
+    benches = list(dict.fromkeys(p["benchmark"] for p in paired))
+    cols = min(4, len(benches))
+    rows = -(-len(benches) // cols)
+    figs = []
+    for kind in ("metrics", "paired"):
+        fig = Figure(figsize=(3.6 * cols, 3.0 * rows), layout="constrained")
+        for i, b in enumerate(benches):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            for j, m in enumerate(sorted({p["model"] for p in paired})):
+                ps = sorted((p for p in paired if p["benchmark"] == b and p["model"] == m), key=lambda p: p["plw"])
+                x = [wp(p["plw"]) for p in ps]
+                if kind == "metrics":
+                    lo = [p["mean"] - (p["sd"] or 0) for p in ps]
+                    hi = [p["mean"] + (p["sd"] or 0) for p in ps]
+                    ax.fill_between(x, lo, hi, color=f"C{j}", alpha=0.2, lw=0)
+                    ax.plot(x, [p["mean"] for p in ps], "o-", color=f"C{j}", ms=3.5)
+                else:
+                    err = np.array([[p["diff"] - p["ci"][0], p["ci"][1] - p["diff"]] if p["ci"] else [0, 0]
+                                    for p in ps]).T
+                    ax.errorbar(x, [p["diff"] for p in ps], yerr=err, fmt="o-", color=f"C{j}", ms=3.5, capsize=3)
+                    ax.axhline(0, color="gray", lw=0.8)
+            ax.set_title(b + ("" if ps[0]["higher_is_better"] else " ↓") + (" − PLW 0" if kind == "paired" else ""),
+                         fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.set_xlabel("w_p = PLW^log10(2)", fontsize=8)
+            ax.set_xticks([wp(p) for p in sorted({p["plw"] for p in paired})])
+            ax.set_xticklabels([f"{p:g}" for p in sorted({p["plw"] for p in paired})], fontsize=6, rotation=90)
+        fig.suptitle(f"{d}: " + ("mean ± sd over seeds vs PLW (x: PLW at w_p spacing)" if kind == "metrics" else
+                                 "difference from PLW 0 (same seed), 95% t interval over seeds"), fontsize=10)
+        figs.append(fig)
+    return figs
+
+
 def make_figures(result, out_dir):
     """
     PNGs per dataset: fit_<dataset>.png (relative aggregate, per group, and their fitted quadratics vs w_p),
@@ -769,6 +911,10 @@ def make_figures(result, out_dir):
         figs += [(f"mechanism_{_slug(d)}.png", mechanism_figure(Figure, d, res, mech))] if mech else []
         figs += [(f"regularizers_{_slug(d)}.png", regularizer_figure(Figure, d, res["regularizers"]))
                  ] if res["regularizers"] else []
+        paired = [p for p in result.get("paired") or [] if p["dataset"] == d]
+        if paired and any(p["ci"] for p in paired):
+            mfig, pfig = paired_figures(Figure, d, paired)
+            figs += [(f"metrics_{_slug(d)}.png", mfig), (f"paired_{_slug(d)}.png", pfig)]
         for name, fig in figs:
             path = os.path.join(out_dir, name)
             atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
@@ -788,9 +934,13 @@ def run(args):
         if unknown:
             notes.append(f"note: no group given for {', '.join(unknown)}; treated as 'gen' (set \"group\" in the scores)")
         result = analyze(rows)
+        paired = paired_differences(rows)
+        if any(p["ci"] for p in paired):
+            result["paired"] = paired
     if args.log:
         result["logs"] = {path: log_summary(load_log(path), args.window) for path in args.log}
-    md = "\n".join(filter(None, [markdown_table(result) if "datasets" in result else "", markdown_logs(result.get("logs"))]))
+    md = "\n".join(filter(None, [markdown_table(result) if "datasets" in result else "",
+                                 markdown_paired(result.get("paired")), markdown_logs(result.get("logs"))]))
     for n in notes:
         print(n, file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else md, end="\n" if args.json else "")

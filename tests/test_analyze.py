@@ -408,7 +408,7 @@ def test_paper_groups_and_pooled_models():
 
 
 def test_cli_on_the_study_scores(capsys):
-    assert main(["--scores", os.path.join(ROOT, "docs", "study", "scores.jsonl")]) == 0
+    assert main(["--scores", os.path.join(ROOT, "tests", "fixtures", "study_2026-11-25_scores.jsonl")]) == 0
     text = capsys.readouterr().out
     assert "| rel. aggregate | ± sd | seeds | rel. I | simple I |" in text
     assert "| 0.0005 | 0.101 | 0.234 | 0.28 | 0.474 |" in text and "| 0.265 | - | 1 | 0.265 |" in text

@@ -14,7 +14,7 @@ from eval.analyze import (analyze, beta_design, beta_quadratic, load_scores, nor
 from eval.betareg import digamma, fit_beta, lgamma, squeeze, trigamma, vertex, wald
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STUDY = os.path.join(ROOT, "docs", "study", "scores.jsonl")
+STUDY = os.path.join(ROOT, "tests", "fixtures", "study_2026-11-25_scores.jsonl")
 PLWS = (0.0, 5e-4, 2.236e-3, 0.01, 0.02463, 0.05, 0.1, 0.2463, 0.5, 1.0)
 
 
