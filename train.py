@@ -1,7 +1,7 @@
 """
 Supervised instruction fine-tuning of a LLaMA with a prompt loss weight (PLW).
 
-    python train.py configs/tiny_stories.py                        # CPU quick start, about two minutes
+    python train.py configs/tiny_stories.py                        # CPU quick start, about a minute
     python train.py configs/short_plw01.py --prompt_loss_weight=0.05
     torchrun --standalone --nproc_per_node=8 train.py configs/short_plw01.py --parallel=fsdp
     python train.py --help                                         # every option, its default and meaning
@@ -195,7 +195,7 @@ def busy_note():
 
 
 def load_base(c):
-    """(tokenizer path, Tokenizer, ModelArgs of init_from): user input, checked before the data is prepared"""
+    """(tokenizer path, ModelArgs of init_from): user input, checked before the data is prepared"""
     init = Path(c["init_from"])
     if not (init / "config.json").is_file():
         raise ConfigError(f"no model at init_from={c['init_from']!r}: put a LLaMA in HF layout there (config.json, "
