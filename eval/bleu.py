@@ -253,6 +253,18 @@ def _reference_counts(refs):
     return counts
 
 
+def sentence_refs(hypothesis, references):
+    """Check one segment (hypothesis: a str; references: a str or a list of str) and return the references as a list"""
+    if not isinstance(hypothesis, str):
+        raise TypeError("hypothesis must be a str")
+    refs = [references] if isinstance(references, str) else list(references)
+    if not refs:
+        raise ValueError("no references")
+    if not all(isinstance(r, str) for r in refs):
+        raise TypeError("references must be a str or a list of str")
+    return refs
+
+
 def corpus_streams(hypotheses, references):
     """Check a corpus (hypotheses: a list of str; references: a list of str, one per hypothesis, or a list of
     reference streams each aligned with the hypotheses, None where a segment lacks that reference) and return the

@@ -23,7 +23,7 @@ sacreBLEU on WMT sentences: matches are counted in C-level map/Counter calls.
 from collections import Counter
 from itertools import repeat
 
-from eval.bleu import corpus_streams
+from eval.bleu import corpus_streams, sentence_refs
 
 CHAR_ORDER = 6
 BETA = 2
@@ -97,11 +97,5 @@ def corpus_chrf(hypotheses, references):
 def sentence_chrf(hypothesis, references):
     """chrF (0-100) of one hypothesis against one reference (a str) or several (a list of str), equal to
     sacrebleu.sentence_chrf(hypothesis, references).score, and to corpus_chrf of a one-segment corpus."""
-    if not isinstance(hypothesis, str):
-        raise TypeError("hypothesis must be a str")
-    refs = [references] if isinstance(references, str) else list(references)
-    if not refs:
-        raise ValueError("no references")
-    if not all(isinstance(r, str) for r in refs):
-        raise TypeError("references must be a str or a list of str")
+    refs = sentence_refs(hypothesis, references)
     return _f_score(_segment_stats(hypothesis, refs))

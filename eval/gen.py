@@ -26,11 +26,11 @@ from tqdm import tqdm
 
 from eval.bleu import corpus_bleu
 from eval.chrf import corpus_chrf
-from eval.mc import HARNESS_VERSION, TRUTHFULQA_QA_PROMPT  # the harness's QA preamble, shared with mc
+from eval.mc import HARNESS_VERSION, TRUTHFULQA_QA_PROMPT, evaluate_model  # shared with mc
 from eval.rouge import rouge_scores
 from eval.ter import corpus_ter
 from model import sample
-from util import DataError, check_writable, cli, write_json
+from util import DataError, check_writable, cli
 
 MAX_GEN_TOKS = 256  # the harness HFLM's default max_gen_toks; neither task's YAML sets one
 
@@ -461,19 +461,7 @@ def main(argv=None):
                 raise DataError(f"no such file: {path} (task {t})")
     if args.output:
         check_writable(args.output)
-    from checkpoint import load_model
-    from tokenizer import Tokenizer
-
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
-    tokenizer = Tokenizer(args.tokenizer or args.model)
-    model = load_model(args.model, device=args.device, dtype=dtype)
-    out = evaluate(model, tokenizer, tasks, args.data_dir, limit=args.limit, batch_size=args.batch_size,
-                   max_new_tokens=args.max_new_tokens, max_length=args.max_length)
-    out["config"]["model"] = str(args.model)
-    print(format_table(out["results"]))
-    if args.output:
-        write_json(args.output, out)
-    return 0
+    return evaluate_model(args, tasks, evaluate, format_table, max_new_tokens=args.max_new_tokens)
 
 
 if __name__ == "__main__":

@@ -529,13 +529,19 @@ def run(args):
             raise DataError(f"no such file: {path} (task {t} reads {TASKS[t][0]} in the HF-datasets layout)")
     if args.output:  # before minutes of scoring
         check_writable(args.output)
+    return evaluate_model(args, tasks, evaluate, format_table, batch_tokens=args.batch_tokens)
+
+
+def evaluate_model(args, tasks, evaluate, format_table, **options):
+    """The tail of mc.py's and gen.py's command: load --model (weights in --dtype) and its tokenizer, run evaluate()
+    on the tasks, print the table, write --output"""
     if not Path(args.model).is_dir():  # before the tokenizer, which would be "not found" for the same reason
         raise DataError(f"model directory not found: {args.model}")
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     tokenizer = Tokenizer(args.tokenizer or args.model)
     model = load_model(args.model, device=args.device, dtype=dtype)
     out = evaluate(model, tokenizer, tasks, args.data_dir, limit=args.limit, batch_size=args.batch_size,
-                   batch_tokens=args.batch_tokens, max_length=args.max_length)
+                   max_length=args.max_length, **options)
     out["config"]["model"] = str(args.model)
     print(format_table(out["results"]))
     if args.output:

@@ -33,7 +33,7 @@ alignment, we run the beam program itself. About 10x faster than sacreBLEU on 2,
 """
 import math
 
-from eval.bleu import corpus_streams
+from eval.bleu import corpus_streams, sentence_refs
 
 MAX_SHIFT_SIZE = 10         # longest block a shift moves (Tercom's limit)
 MAX_SHIFT_DIST = 50         # largest distance between a block's hypothesis and reference positions
@@ -290,11 +290,5 @@ def corpus_ter(hypotheses, references):
 def sentence_ter(hypothesis, references):
     """TER of one hypothesis against one reference (a str) or several (a list of str), equal to
     sacrebleu.sentence_ter(hypothesis, references).score, and to corpus_ter of a one-segment corpus."""
-    if not isinstance(hypothesis, str):
-        raise TypeError("hypothesis must be a str")
-    refs = [references] if isinstance(references, str) else list(references)
-    if not refs:
-        raise ValueError("no references")
-    if not all(isinstance(r, str) for r in refs):
-        raise TypeError("references must be a str or a list of str")
+    refs = sentence_refs(hypothesis, references)
     return _score(*_segment_stats(hypothesis, refs))
