@@ -318,8 +318,9 @@ def setup(c):
     if master and c["prompt_loss_weight"] > 1:
         print(f"note: prompt_loss_weight {c['prompt_loss_weight']} > 1 weighs prompt tokens above completion tokens "
               f"(the paper's range is [0, 1])", file=sys.stderr)
-    if master and dev == "cpu" and busy_note():
-        print(busy_note(), file=sys.stderr)
+    note = busy_note() if master and dev == "cpu" else None
+    if note:
+        print(note, file=sys.stderr)
     torch.manual_seed(c["seed"])
     if dev.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls (bf16 ones are unaffected)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from eval.bleu import corpus_bleu
 from eval.chrf import corpus_chrf
-from eval.mc import HARNESS_VERSION, TRUTHFULQA_QA_PROMPT, evaluate_model  # shared with mc
+from eval.mc import HARNESS_VERSION, TRUTHFULQA_QA_PROMPT, evaluate_model, model_options  # shared with mc
 from eval.rouge import rouge_scores
 from eval.ter import corpus_ter
 from model import sample
@@ -437,19 +437,13 @@ def throughput(model_dir, tasks, data_dir, limit=None, batch_size=32, max_new_to
 def main(argv=None):
     p = argparse.ArgumentParser(description=f"Zero-shot short-generation scores, identical to lm-evaluation-harness "
                                             f"{HARNESS_VERSION} (hf backend).")
-    p.add_argument("--model", required=True, help="HF-layout LLaMA directory (config.json, model.safetensors)")
-    p.add_argument("--tokenizer", help="sentencepiece tokenizer.model (default: the one in --model)")
+    model_options(p)
     p.add_argument("--tasks", required=True, help=f"comma-separated, from: {', '.join(TASKS)}")
     p.add_argument("--data_dir", required=True, help="directory with truthfulqa/TruthfulQA.csv and wmt/")
     p.add_argument("--limit", type=int, help="first N documents of each task")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="model weights (default bfloat16 on CUDA, float32 elsewhere)")
     p.add_argument("--batch_size", type=int, default=32, help="most rows generated together (default 32)")
     p.add_argument("--max_new_tokens", type=int, default=MAX_GEN_TOKS,
                    help=f"the harness's max_gen_toks (default {MAX_GEN_TOKS})")
-    p.add_argument("--max_length", type=int, help="context window (default the model's max_position_embeddings)")
-    p.add_argument("--output", help="write the JSON results here (atomically)")
     args = p.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     check_tasks(tasks)

@@ -500,20 +500,13 @@ def format_table(results):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=f"Zero-shot multiple-choice scores, identical to lm-evaluation-harness "
-                                            f"{HARNESS_VERSION} (hf backend).")
-    p.add_argument("--model", required=True, help="HF-layout LLaMA directory (config.json, model.safetensors)")
-    p.add_argument("--tokenizer", help="a tokenizer.model, sentencepiece or tiktoken format (default: the "
-                   "one in --model)")
+                                            f"{HARNESS_VERSION} (hf backend); the log-softmax is always fp32.")
+    model_options(p)
     p.add_argument("--tasks", required=True, help=f"comma-separated, from: {', '.join(TASKS)}")
     p.add_argument("--data_dir", required=True, help="directory with <task>.jsonl in the HF-datasets layout")
     p.add_argument("--limit", type=int, help="first N documents of each task (of each subject for mmlu)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="model weights (default bfloat16 on CUDA, float32 elsewhere); log-softmax is always fp32")
     p.add_argument("--batch_size", type=int, default=32, help="most documents per forward (default 32)")
     p.add_argument("--batch_tokens", type=int, help="most padded tokens per forward (default 8192 CPU, 65536 GPU)")
-    p.add_argument("--max_length", type=int, help="context window (default the model's max_position_embeddings)")
-    p.add_argument("--output", help="write the JSON results here (atomically)")
     args = p.parse_args(argv)
     return report_errors("mc.py", run, args)
 
@@ -530,6 +523,18 @@ def run(args):
     if args.output:  # before minutes of scoring
         check_writable(args.output)
     return evaluate_model(args, tasks, evaluate, format_table, batch_tokens=args.batch_tokens)
+
+
+def model_options(p):
+    """The command-line options evaluate_model reads (mc.py and gen.py take them alike)"""
+    p.add_argument("--model", required=True, help="HF-layout LLaMA directory (config.json, model.safetensors)")
+    p.add_argument("--tokenizer", help="a tokenizer.model, sentencepiece or tiktoken format (default: the "
+                   "one in --model)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="model weights (default bfloat16 on CUDA, float32 elsewhere)")
+    p.add_argument("--max_length", type=int, help="context window (default the model's max_position_embeddings)")
+    p.add_argument("--output", help="write the JSON results here (atomically)")
 
 
 def evaluate_model(args, tasks, evaluate, format_table, **options):

@@ -18,13 +18,7 @@ from conftest import ROOT
 from model import ModelArgs, Transformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matmuls on two OpenMP threads of a busy two-core machine ran ~700x slower than on one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+ONE_THREAD = True  # tiny models: one torch thread (conftest's one_thread)
 
 ARGS = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, hidden_dim=64, vocab_size=100,
                  max_seq_len=128)

@@ -20,7 +20,7 @@ import sys
 import pytest
 import torch
 
-from conftest import LLAMA_TOKENIZER, ROOT, SHARED, STORIES, require
+from conftest import LLAMA_TOKENIZER, ROOT, SHARED, STORIES, require, run_harness, tiny_hf_llama
 from eval import gen
 from checkpoint import load_model
 from tokenizer import Tokenizer
@@ -35,13 +35,7 @@ RUNS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models on a shared 2-core machine: one thread is as fast and never stalls on a descheduled peer
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+ONE_THREAD = True  # tiny models: one torch thread (conftest's one_thread)
 
 
 def with_hf_tokenizer(src, dst, tokenizer_model):
@@ -61,18 +55,7 @@ def stories(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     """A 2-layer, 64-wide random LLaMA with the real 32k LLaMA tokenizer, saved by transformers."""
-    transformers = pytest.importorskip("transformers")
-    require(LLAMA_TOKENIZER)
-    path = tmp_path_factory.mktemp("tiny_llama")
-    cfg = transformers.LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                                   rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
-    model = transformers.LlamaForCausalLM(cfg).float()
-    torch.manual_seed(0)
-    with torch.no_grad():  # larger than HF's init, so that greedy choices are clear, not near-ties
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.15 * torch.randn_like(p))
-    model.save_pretrained(path)
+    path = tiny_hf_llama(tmp_path_factory.mktemp("tiny_llama"))
     return with_hf_tokenizer(path, path, LLAMA_TOKENIZER)
 
 
@@ -96,14 +79,7 @@ def harness(models, tmp_path_factory):
     spec = {"files": files, "work": str(work),
             "runs": [{"model": str(models[m]), "tasks": t, "limit": lim, "max_gen_toks": mg}
                      for m, t, lim, mg in RUNS.values()]}
-    (work / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), OMP_NUM_THREADS="1",
-               HF_DATASETS_CACHE=str(work / "cache"), HF_HOME=str(work / "hf_home"), TOKENIZERS_PARALLELISM="false")
-    p = subprocess.run([sys.executable, str(HARNESS_REF), str(work / "spec.json"), str(work / "out.json")],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return dict(zip(RUNS, json.loads((work / "out.json").read_text())))
+    return dict(zip(RUNS, run_harness(HARNESS_REF, spec, work)))
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ from util import cli
 EVAL = SHARED / "data" / "eval"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()  # a 260K-parameter model gains nothing from a second thread
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+ONE_THREAD = True  # tiny models: one torch thread (conftest's one_thread)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ as original/tokenizer.model, and an HF fast tokenizer (tokenizer.json, built by 
 - eval/generate.py stops on every EOS id of an instruct model's config.json; data/stats.py runs.
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 import torch
 
 from checkpoint import load_model, save_model
-from conftest import EVAL_HF, ROOT, SHARED, require
+from conftest import EVAL_HF, ROOT, SHARED, require, run_harness
 from data.prepare import format_prompt, prepare_dataset
 from eval import mc
 from model import ModelArgs, Transformer
@@ -32,12 +31,7 @@ FIRST = {"arc_easy": 3, "piqa": 2, "winogrande": 3, "hellaswag": 2, "boolq": 2, 
 RUNS = {"plain": (list(FIRST), None, None), "truncated": (["hellaswag", "boolq"], 2, 48)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()  # tiny models on a shared machine: one thread never waits for a descheduled peer
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+ONE_THREAD = True  # tiny models: one torch thread (conftest's one_thread)
 
 
 def hf_fast_tokenizer(path):
@@ -126,14 +120,7 @@ def harness(llama3_dir, subset, tmp_path_factory):
     spec = {"model": str(llama3_dir), "data_dir": str(subset), "work": str(work), "use_fast_tokenizer": True,
             "batch_size": 2,  # (batch, T, 128256) fp32 logits: keep them small
             "runs": [{"tasks": t, "limit": lim, "max_length": ml} for t, lim, ml in RUNS.values()]}
-    (work / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), OMP_NUM_THREADS="1",
-               HF_DATASETS_CACHE=str(work / "cache"), HF_HOME=str(work / "hf_home"), TOKENIZERS_PARALLELISM="false")
-    p = subprocess.run([sys.executable, str(HARNESS_REF), str(work / "spec.json"), str(work / "out.json")],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return dict(zip(RUNS, json.loads((work / "out.json").read_text())))
+    return dict(zip(RUNS, run_harness(HARNESS_REF, spec, work)))
 
 
 @pytest.mark.parametrize("run", list(RUNS))

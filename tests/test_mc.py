@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import EVAL_HF, LLAMA_TOKENIZER, ROOT, STORIES, require
+from conftest import EVAL_HF, LLAMA_TOKENIZER, ROOT, STORIES, require, run_harness, tiny_hf_llama
 from eval import mc
 from checkpoint import load_model, save_model
 from model import Transformer
@@ -56,14 +56,7 @@ SYNTHETIC = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these models are tiny: with two OpenMP threads on a shared 2-core machine every small op can stall ~10 ms
-    # waiting for a descheduled peer thread; one thread is as fast when idle and never stalls
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+ONE_THREAD = True  # tiny models: one torch thread (conftest's one_thread)
 
 
 def lines_of(path):
@@ -93,25 +86,11 @@ def write_subset(dst):
     return dst
 
 
-def randomise(hf_model, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():  # HF initialises at std 0.02 and norms at 1: larger and varied, so choices differ clearly
-        for name, p in hf_model.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.15 * torch.randn_like(p))
-
-
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     """A 2-layer, 64-wide random LLaMA with the real 32k LLaMA tokenizer, saved by transformers."""
     transformers = pytest.importorskip("transformers")
-    require(LLAMA_TOKENIZER)
-    path = tmp_path_factory.mktemp("tiny_llama")
-    cfg = transformers.LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                                   rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
-    model = transformers.LlamaForCausalLM(cfg).float()
-    randomise(model)
-    model.save_pretrained(path)
+    path = tiny_hf_llama(tmp_path_factory.mktemp("tiny_llama"))
     hf_tok = transformers.LlamaTokenizer(vocab_file=str(LLAMA_TOKENIZER), legacy=True)
     hf_tok.save_pretrained(path)
     return path
@@ -130,16 +109,7 @@ def harness(tiny_llama, subset, tmp_path_factory):
     work = tmp_path_factory.mktemp("harness")
     spec = {"model": str(tiny_llama), "data_dir": str(subset), "work": str(work),
             "runs": [{"tasks": t, "limit": lim, "max_length": ml} for t, lim, ml in RUNS.values()]}
-    (work / "spec.json").write_text(json.dumps(spec))
-    # OMP_WAIT_POLICY: on a shared machine OpenMP's spinning threads make every small op wait for a descheduled
-    # peer (measured 50x slower); it changes no result
-    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
-               HF_DATASETS_CACHE=str(work / "cache"), HF_HOME=str(work / "hf_home"), TOKENIZERS_PARALLELISM="false")
-    p = subprocess.run([sys.executable, str(HARNESS_REF), str(work / "spec.json"), str(work / "out.json")],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return dict(zip(RUNS, json.loads((work / "out.json").read_text())))
+    return dict(zip(RUNS, run_harness(HARNESS_REF, spec, work, one_thread=False)))
 
 
 @pytest.fixture(scope="module")

@@ -34,14 +34,7 @@ RECORDS = [  # short Alpaca-format records, prompts of 55-110 tok512 tokens, wit
 MAX_NEW = 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # a 260K-parameter model gains nothing from a second thread, and on a busy 2-core machine the threads'
-    # synchronisation made these tests 10x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+ONE_THREAD = True  # tiny models: one torch thread (conftest's one_thread)
 
 
 @pytest.fixture(scope="module")

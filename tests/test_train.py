@@ -141,22 +141,9 @@ PLW = 0.1
 
 def reference_gradient(records, plw, ids, max_seq_len=256):
     """An independent computation of the global batch's loss gradient: one example at a time (no padding, no
-    collate), full logits, F.cross_entropy, prompt tokens counted as Stanford counted them."""
-    from data.prepare import format_prompt
-    tok = Tokenizer(STORIES / "tokenizer.model")
-    m = load_model(STORIES).train()
-    num, den = 0.0, 0.0
-    for i in ids:
-        r = records[i]
-        prompt = format_prompt(r["instruction"], r["input"])
-        full = ([tok.bos_id] + tok.encode(prompt + r["output"]) + [tok.eos_id])[:max_seq_len]
-        n_prompt = 1 + len(tok.encode(prompt))
-        ce = F.cross_entropy(m(torch.tensor([full[:-1]]))[0], torch.tensor(full[1:]), reduction="none")
-        wt = torch.tensor([plw if j + 1 < n_prompt else 1.0 for j in range(len(full) - 1)])
-        num = num + (ce * wt).sum()
-        den += wt.sum().item()
-    (num / den).backward()
-    return {k: p.grad for k, p in m.named_parameters()}
+    collate), full logits, F.cross_entropy, prompt tokens counted as Stanford counted them (independent_gradient
+    below, with the global normalisation)."""
+    return independent_gradient(records, plw, ids, "global", max_seq_len=max_seq_len)
 
 
 def split_gradient(data, ids, plw, batch_size, accum, normalise="global"):
