@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from conftest import EVAL_HF, LLAMA_TOKENIZER, ROOT, STORIES, require, run_harness, tiny_hf_llama
 from eval import mc
-from checkpoint import load_model, save_model
-from model import Transformer
+from checkpoint import load_model
 from tokenizer import Tokenizer
 
 HARNESS_REF = ROOT / "tests" / "fixtures" / "mc" / "harness_ref.py"

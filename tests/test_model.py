@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, STORIES
-import checkpoint
-from checkpoint import args_from_hf_config, hf_config, load_model, save_model
+from checkpoint import load_model, save_model
 from model import ModelArgs, Transformer, ChunkedCrossEntropy, sample
 
 transformers = pytest.importorskip("transformers")

@@ -16,8 +16,7 @@ import train
 from data.batch import collate, split_micro_batches, step_examples, target_counts
 from data.prepare import load_records, tokenize, select, PROMPT, COMPLETION
 from optim import AdamWBF16, stochastic_round_bf16
-from checkpoint import load_model, save_model
-from model import Transformer
+from checkpoint import load_model
 from tokenizer import Tokenizer
 from config import ConfigError, load_config
 
