@@ -29,7 +29,7 @@ from tqdm import tqdm
 from checkpoint import (args_from_hf_config, checkpoint, claim_run_dir, clear_run_dir, export_final, list_checkpoints,
                         load_model, open_log, resume_state)
 from config import ConfigError, load_config
-from data.batch import collate, data_fingerprint, split_by_tokens, split_micro_batches, step_examples, target_counts
+from data.batch import collate, data_fingerprint, example_targets, split_by_tokens, split_micro_batches, step_examples
 from data.prepare import prepare_dataset
 from model import Transformer
 from optim import AdamWBF16
@@ -43,12 +43,16 @@ init_from = ""                  # an HF LLaMA directory: config.json + model.saf
 tokenizer = ""                  # a tokenizer.model; "" = the one in init_from
 dataset = "alpaca"              # alpaca | alpaca_short | alpaca_cleaned | alpaca_cleaned_short | a JSON/JSONL path
 prompt_loss_weight = 0.0        # PLW: the weight of prompt tokens in the loss
-loss_norm = "global"            # global: sum w*CE / sum w over the global batch | micro_mean: the mean of each
-                                # micro-batch's weighted mean (HF Trainer, the paper) | nonzero: / #tokens with w > 0
+loss_norm = "global"            # global: sum w*CE / sum w over the global batch | micro_mean: the mean over micro-
+                                # batches of batch_size examples (in the step's random order, as HF Trainer's sampler
+                                # forms them) of each one's weighted mean | nonzero: / #tokens with w > 0
 max_seq_len = 512               # examples are truncated to this many tokens (BOS included), as Stanford did
 val_size = 0                    # examples held out (fixed by seed) for a validation loss; 0 trains on all
-batch_size = 4                  # micro-batch size per process
-gradient_accumulation_steps = 32  # global batch = batch_size * gradient_accumulation_steps * world size
+batch_size = 4                  # micro-batch size per process (rows)
+global_batch_size = 128         # examples per optimizer step over all micro-batches and GPUs (the paper: 128); the
+                                # accumulation is global_batch_size / (batch_size x GPUs), so any GPU count trains alike
+gradient_accumulation_steps = 0  # 0 = derived from global_batch_size; > 0 must agree with it (with global_batch_size
+                                # = 0 it sets the global batch: batch_size x gradient_accumulation_steps x GPUs)
 tokens_per_micro_batch = 0      # > 0: cut the length-sorted global batch into micro-batches of at most this many padded
                                 # tokens (rows x padded length) instead of batch_size rows: few large micro-steps, the
                                 # same update (data/batch.py split_by_tokens); 0 = batch_size rows each
@@ -90,7 +94,8 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 # may be extended (a longer max_iters / epochs recomputes the LR schedule from the resume point on)
 RESUMABLE_CHANGES = {"resume", "overwrite", "log_interval", "checkpoint_interval", "keep_checkpoints", "compile",
                      "eval_interval", "batch_size", "gradient_accumulation_steps", "device", "parallel",
-                     "activation_checkpointing", "max_iters", "epochs", "tokens_per_micro_batch"}
+                     "activation_checkpointing", "max_iters", "epochs", "tokens_per_micro_batch",
+                     "global_batch_size"}  # the global batch itself is compared, however it was given
 
 
 def check_config(c):
@@ -99,9 +104,10 @@ def check_config(c):
             raise ConfigError(msg)
     need(math.isfinite(c["prompt_loss_weight"]) and c["prompt_loss_weight"] >= 0,
          f"prompt_loss_weight must be >= 0, got {c['prompt_loss_weight']}")
-    for k in ("batch_size", "gradient_accumulation_steps", "log_interval", "keep_checkpoints"):
+    for k in ("batch_size", "log_interval", "keep_checkpoints"):
         need(c[k] >= 1, f"{k} must be >= 1, got {c[k]}")
-    for k in ("max_iters", "checkpoint_interval", "eval_interval", "val_size"):
+    for k in ("max_iters", "checkpoint_interval", "eval_interval", "val_size", "global_batch_size",
+              "gradient_accumulation_steps"):
         need(c[k] >= 0, f"{k} must be >= 0, got {c[k]}")
     need(c["max_iters"] > 0 or c["epochs"] > 0, f"epochs must be > 0 (or set max_iters), got {c['epochs']}")
     need(c["learning_rate"] >= 0, f"learning_rate must be >= 0, got {c['learning_rate']}")
@@ -113,8 +119,8 @@ def check_config(c):
     for k in ("dropout", "label_smoothing", "beta1", "beta2"):
         need(0 <= c[k] < 1, f"{k} must be in [0, 1), got {c[k]}")
     need(c["tokens_per_micro_batch"] >= 0, f"tokens_per_micro_batch must be >= 0, got {c['tokens_per_micro_batch']}")
-    need(not (c["tokens_per_micro_batch"] and c["loss_norm"] == "micro_mean"),
-         "tokens_per_micro_batch > 0 needs loss_norm='global' or 'nonzero' (micro_mean's update depends on the split)")
+    need(c["global_batch_size"] > 0 or c["gradient_accumulation_steps"] > 0,
+         "global_batch_size and gradient_accumulation_steps are both 0: set global_batch_size (the paper: 128)")
     need(c["minkowski_lambda"] >= 0, f"minkowski_lambda must be >= 0, got {c['minkowski_lambda']}")
     need(c["minkowski_p"] >= 1, f"minkowski_p must be >= 1 (the penalty's gradient is unbounded below), "
                                 f"got {c['minkowski_p']}")
@@ -139,22 +145,60 @@ def get_lr(it, total, warmup, c):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def loss_factor(c, W, n_nonzero, world, micro_w=None):
-    """What a micro-batch's sum w*CE is multiplied by, so that the accumulated gradient is the chosen normalisation
-    of the global batch. DDP/FSDP average the ranks' gradients: the factor `world` undoes that."""
+def global_batch(c, world):
+    """(global batch, accumulation steps) for `world` ranks. global_batch_size fixes the update; the accumulation
+    follows from it, so the same config trains alike on any number of GPUs. ConfigError, naming the values, for a
+    split that does not divide or a gradient_accumulation_steps that disagrees."""
+    b, g, a = c["batch_size"], c["global_batch_size"], c["gradient_accumulation_steps"]
+    if g == 0:  # the global batch is the product (nanoGPT's way)
+        return b * a * world, a
+    if a and b * a * world != g:
+        raise ConfigError(f"batch_size {b} x gradient_accumulation_steps {a} x {world} GPU(s) = {b * a * world}, but "
+                          f"global_batch_size is {g}: set one of them (gradient_accumulation_steps=0 derives it)")
+    if c["tokens_per_micro_batch"]:  # micro-batches are cut by tokens: only the global batch matters
+        return g, a or max(1, g // (b * world))
+    if g % (b * world):
+        per = g // world if g % world == 0 else None
+        fix = (f"a batch_size that divides {per} ({', '.join(str(d) for d in range(1, per + 1) if per % d == 0)})"
+               if per else f"a number of GPUs that divides {g}")
+        raise ConfigError(f"global_batch_size {g} is not divisible by batch_size {b} x {world} GPU(s) = {b * world}: "
+                          f"choose {fix}")
+    return g, g // (b * world)
+
+
+def example_weights(n_targets, n_prompt, plw):
+    """(sum of w, count of w > 0) per example, from its target and prompt-target counts (data/batch.example_targets)"""
+    n_targets, n_prompt = n_targets.astype(np.float64), n_prompt.astype(np.float64)
+    return plw * n_prompt + (n_targets - n_prompt), (n_targets if plw > 0 else n_targets - n_prompt)
+
+
+def hf_micro_batches(n, batch_size):
+    """Position ranges of HF Trainer's micro-batches in a step of n examples: consecutive runs of batch_size in the
+    step's random order (its sampler's), whatever split this run computes the step with."""
+    return [range(k, min(k + batch_size, n)) for k in range(0, n, batch_size)]
+
+
+def row_factors(c, sw, nz, world):
+    """What each example's sum w*CE is multiplied by, (G,) in the step's order, so that the accumulated gradient is
+    the chosen normalisation of the global batch. DDP/FSDP average the ranks' gradients: the factor `world` undoes
+    that. sw, nz: example_weights."""
     if c["loss_norm"] == "global":
-        return world / max(W, 1e-12)
+        return np.full(len(sw), world / max(sw.sum(), 1e-12))
     if c["loss_norm"] == "nonzero":  # WIT / TRL: the count of tokens with non-zero weight, over the global batch
-        return world / max(n_nonzero, 1)
-    # micro_mean: HF Trainer's accumulation, the mean over micro-batches of each one's weighted mean. Not invariant
-    # under re-splitting the global batch: a token weighs more in a micro-batch with fewer (weighted) tokens.
-    return 1 / (max(micro_w, 1e-12) * c["gradient_accumulation_steps"])
+        return np.full(len(sw), world / max(nz.sum(), 1))
+    # micro_mean: HF Trainer's accumulation, the mean over its micro-batches of each one's weighted mean. It depends
+    # on batch_size (a token weighs more in a micro-batch with less total weight), not on how this run splits the step
+    f = np.empty(len(sw))
+    mbs = hf_micro_batches(len(sw), c["batch_size"])
+    for r in mbs:
+        f[r.start:r.stop] = world / (max(sw[r.start:r.stop].sum(), 1e-12) * len(mbs))
+    return f
 
 
 def micro_loss(model, x, y, w, factor, label_smoothing):
-    """(loss to backpropagate, per-token CE (B, T) fp32) of one micro-batch"""
+    """(loss to backpropagate, per-token CE (B, T) fp32) of one micro-batch; factor: (B,) row_factors"""
     ce = model(x, y, label_smoothing=label_smoothing)                                       # (B, T) fp32
-    return (ce * w).sum() * factor, ce
+    return ((ce * w).sum(1) * factor).sum(), ce
 
 
 @torch.no_grad()
@@ -308,6 +352,7 @@ def setup(c):
     """Everything before the first step, in order: distributed init, the run directory, the base model's tokenizer
     and shape, the data, the model, the optimizer, the run record. Returns the run's state as a dict."""
     rank, world, dev = init_distributed(c["device"])
+    G, accum = global_batch(c, world)  # refused before anything is written
     # under torchrun FSDP2 shards even on one GPU (then it shards nothing, but runs the same code as on many)
     master, fsdp = rank == 0, dist.is_initialized() and c["parallel"] == "fsdp"
     if c["optimizer"] == "adamw_bf16" and (c["dtype"] != "bfloat16" or fsdp):
@@ -331,21 +376,22 @@ def setup(c):
                                                    val_size=c["val_size"], seed=c["seed"], verbose=master)
     check_trainable(c, train_data)
     n = len(train_data["offsets"]) - 1
-    G = c["batch_size"] * c["gradient_accumulation_steps"] * world
     if n < G:
-        raise ConfigError(f"the dataset has {n} training examples, fewer than one global batch of {G} (batch_size "
-                          f"{c['batch_size']} x gradient_accumulation_steps {c['gradient_accumulation_steps']} x {world} ranks)")
+        raise ConfigError(f"the dataset has {n} training examples, fewer than one global batch of {G}: lower "
+                          f"global_batch_size")
     per_epoch = n // G
     total = c["max_iters"] if c["max_iters"] > 0 else max(1, int(c["epochs"] * per_epoch))
     warmup = c["warmup_iters"] if c["warmup_iters"] >= 0 else math.ceil(c["warmup_ratio"] * total)
     fingerprint = data_fingerprint(train_data)
-    state = resume_state(c, ckpts, G, fingerprint, DEFAULTS, RESUMABLE_CHANGES) if c["resume"] else None
+    # micro_mean's update depends on batch_size (HF's micro-batches): then it may not change on resume
+    resumable = RESUMABLE_CHANGES - ({"batch_size"} if c["loss_norm"] == "micro_mean" else set())
+    state = resume_state(c, ckpts, G, fingerprint, DEFAULTS, resumable) if c["resume"] else None
     model = build_model(c, ckpts[-1] if c["resume"] else c["init_from"], base_args, dev, fsdp, master)
     opt = build_optimizer(c, model, dev, state, fsdp, master, rank)
     # theta_0 of the Minkowski penalty: the weights the run started from (init_from, also after a resume)
     base = ([p.detach() for p in load_model(c["init_from"], device=dev, dtype=next(model.parameters()).dtype).parameters()]
             if c["minkowski_lambda"] > 0 else None)
-    run = dict(cfg=c, raw_model=model, opt=opt, dev=dev, rank=rank, world=world, master=master, fsdp=fsdp, G=G,
+    run = dict(cfg=c, raw_model=model, opt=opt, dev=dev, rank=rank, world=world, master=master, fsdp=fsdp, G=G, accum=accum,
                fingerprint=fingerprint, tok_path=tok_path, train_data=train_data, val_data=val_data, n=n,
                per_epoch=per_epoch, total=total, warmup=warmup, start=state["iter"] if state else 0, base=base)
     if master:
@@ -353,11 +399,14 @@ def setup(c):
         out.mkdir(parents=True, exist_ok=True)
         if not c["resume"]:
             clear_run_dir(out)
-        write_json(out / "run_config.json", {**c, "world_size": world, "global_batch": G, "total_iters": total,
+        write_json(out / "run_config.json", {**c, "world_size": world, "global_batch": G, "accumulation": accum,
+                                             "total_iters": total,
                                              "warmup_iters_resolved": warmup, "data": report,
                                              "data_fingerprint": fingerprint})
-        print(f"{n} training examples, global batch {G} ({c['batch_size']} x {c['gradient_accumulation_steps']} "
-              f"accumulation x {world} ranks), {per_epoch} steps/epoch, {total} steps, warmup {warmup}", file=sys.stderr)
+        split = (f"micro-batches of <= {c['tokens_per_micro_batch']} tokens" if c["tokens_per_micro_batch"] else
+                 f"{c['batch_size']} x {accum} accumulation x {world} ranks")
+        print(f"{n} training examples, global batch {G} ({split}), {per_epoch} steps/epoch, {total} steps, warmup "
+              f"{warmup}", file=sys.stderr)
         for stale in out.glob(".ckpt-*.tmp"):  # a checkpoint whose writing was killed: never renamed, never valid
             shutil.rmtree(stale, ignore_errors=True)
         run["log_file"] = open_log(out, run["start"], c["resume"])
@@ -373,28 +422,33 @@ def train_step(run, model, it, autocast, pad_multiple):
     for group in opt.param_groups:
         group["lr"] = lr
     ids = step_examples(it, run["n"], run["G"], c["seed"])
-    n_targets, n_prompt = target_counts(data, ids)
-    W = plw * n_prompt + (n_targets - n_prompt)  # sum of w_t over the global batch
-    n_nonzero = n_targets if plw > 0 else n_targets - n_prompt
+    n_t, n_p = example_targets(data, ids)                                          # (G,) targets, prompt targets
+    sw, nz = example_weights(n_t, n_p, plw)                                        # (G,) sum w, count of w > 0
+    factors = row_factors(c, sw, nz, world)                                        # (G,)
+    position = {int(e): i for i, e in enumerate(ids)}  # an example's place in the step's order
     micro = (split_by_tokens(ids, lengths, c["tokens_per_micro_batch"], world, pad_multiple)
              if c["tokens_per_micro_batch"] else
-             split_micro_batches(ids, lengths, c["batch_size"], c["gradient_accumulation_steps"] * world))
+             split_micro_batches(ids, lengths, c["batch_size"], run["accum"] * world))
     n_mine = len(micro) // world  # the same on every rank (split_by_tokens makes the count a multiple of world)
-    stats = torch.zeros(3, dtype=torch.float64, device=dev)  # sum w*CE, prompt CE, completion CE (this rank)
+    # per example: sum w*CE (in the step's order, for the log's per-micro-batch normalisations); then the prompt
+    # and completion CE sums of this rank. Summed over ranks once, when the row is logged
+    stats = torch.zeros(len(ids) + 2, dtype=torch.float64, device=dev)
     for k, mb in enumerate(micro[rank::world]):
         x, y, w, p = ((t.pin_memory() if dev.startswith("cuda") else t).to(dev, non_blocking=True)
                       for t in collate(data, mb, plw, pad_multiple))
+        pos = np.array([position[int(e)] for e in mb])
+        f = torch.from_numpy(factors[pos]).to(dev, non_blocking=True)                              # (B,) fp64
         last = k == n_mine - 1
         sync = model.no_sync() if world > 1 and not fsdp and not last else nullcontext()
         if fsdp:
             run["raw_model"].set_requires_gradient_sync(last)
-        factor = loss_factor(c, W, n_nonzero, world, float(w.sum()) if c["loss_norm"] == "micro_mean" else None)
         with sync, autocast:
-            loss, ce = micro_loss(model, x, y, w, factor, c["label_smoothing"])
+            loss, ce = micro_loss(model, x, y, w, f, c["label_smoothing"])
         loss.backward()
         with torch.no_grad():
             valid = y >= 0
-            stats += torch.stack([(ce * w).sum(), (ce * (valid & p)).sum(), (ce * (valid & ~p)).sum()]).double()
+            stats[torch.from_numpy(pos).to(dev, non_blocking=True)] += (ce * w).sum(1).double()
+            stats[-2:] += torch.stack([(ce * (valid & p)).sum(), (ce * (valid & ~p)).sum()]).double()
     params = run["params"]
     penalty = minkowski_penalty(params, run["base"], c["minkowski_lambda"], c["minkowski_p"]) if run["base"] else None
     if c["grad_clip"] > 0:
@@ -402,20 +456,37 @@ def train_step(run, model, it, autocast, pad_multiple):
     else:
         gnorm = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
     gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # the step's one host sync
+    W = float(sw.sum())  # sum of w_t over the global batch
     if math.isfinite(gnorm) and W > 0:
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return dict(lr=lr, ids=ids, micro=micro, n_targets=n_targets, n_prompt=n_prompt, W=W, stats=stats, gnorm=gnorm,
-                penalty=penalty)
+    return dict(lr=lr, ids=ids, micro=micro, n_targets=int(n_t.sum()), n_prompt=int(n_p.sum()), W=W, sw=sw, nz=nz, stats=stats,
+                gnorm=gnorm, penalty=penalty)
+
+
+def step_losses(wce, sw, nz, batch_size):
+    """The step's loss under each normalisation, from each example's sum w*CE, sum w and count of w > 0 (step
+    order): loss (sum w*CE / sum w, the global batch), loss_nonzero (/ count of w > 0), and over HF Trainer's
+    micro-batches of batch_size (hf_micro_batches) averaged: loss_micro_mean (each one's sum w*CE / sum w) and
+    loss_hf (each one's sum w*CE / count of w > 0: HF's mean over the labels that are not -100, with PLW's weights
+    applied to the unmasked prompt labels; docs/analysis.md says why this is what the paper's stack logged)."""
+    mbs = hf_micro_batches(len(wce), batch_size)
+
+    def per_micro(den):
+        return float(np.mean([wce[r.start:r.stop].sum() / max(den[r.start:r.stop].sum(), 1e-12) for r in mbs]))
+    return {"loss": float(wce.sum() / max(sw.sum(), 1e-12)), "loss_nonzero": float(wce.sum() / max(nz.sum(), 1)),
+            "loss_micro_mean": per_micro(sw), "loss_hf": per_micro(nz)}
 
 
 def log_row(run, it, s, window, dt):
     """The log.jsonl row after step `it`: the step's losses (all ranks), and throughput over the logging window"""
     if run["world"] > 1:
         dist.all_reduce(s["stats"])
-    st = s["stats"].tolist()
-    row = {"iter": it + 1, "epoch": round((it + 1) / run["per_epoch"], 4), "loss": st[0] / max(s["W"], 1e-12),
-           "prompt_loss": st[1] / max(s["n_prompt"], 1), "completion_loss": st[2] / max(s["n_targets"] - s["n_prompt"], 1),
+    st = s["stats"].cpu().numpy()
+    row = {"iter": it + 1, "epoch": round((it + 1) / run["per_epoch"], 4),
+           **step_losses(st[:-2], s["sw"], s["nz"], run["cfg"]["batch_size"]),
+           "prompt_loss": float(st[-2] / max(s["n_prompt"], 1)),
+           "completion_loss": float(st[-1] / max(s["n_targets"] - s["n_prompt"], 1)),
            "lr": s["lr"], "grad_norm": s["gnorm"], "tokens": s["n_targets"],
            "padding": round(1 - window["tokens"] / window["padded"], 4), "tokens_per_s": round(window["tokens"] / dt, 1)}
     if s["penalty"] is not None:

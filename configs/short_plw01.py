@@ -1,8 +1,10 @@
 # The paper's headline run: LLaMA-2-7B fine-tuned on AlpacaDataShort (prompt-inverted AlpacaDataCleaned, R_g ~ 0.08)
 # with prompt loss weight 0.1, on the Stanford Alpaca recipe.
 #   python data/prepare.py --dataset alpaca_cleaned_short --tokenizer $MODEL/tokenizer.model   # optional: train.py prepares too
-#   torchrun --standalone --nproc_per_node=4 train.py configs/short_plw01.py --init_from=$MODEL
-# global batch 128 = batch_size x gradient_accumulation_steps x GPUs: 4 x 32 on one GPU, 4 x 8 on four, 4 x 4 on eight.
+#   python train.py configs/short_plw01.py --init_from=$MODEL                                      # one GPU
+#   torchrun --standalone --nproc_per_node=4 train.py configs/short_plw01.py --init_from=$MODEL    # four GPUs
+# global_batch_size 128 on any number of GPUs: the accumulation is 128 / (batch_size x GPUs), 32 on one GPU, 8 on four,
+# 4 on eight (the paper: 4 GPUs x 4 rows x 8 accumulation).
 init_from = "models/Llama-2-7b-hf"   # HF layout: config.json, model*.safetensors, tokenizer.model
 dataset = "alpaca_cleaned_short"
 out_dir = "out/short_plw0.1"
@@ -10,7 +12,7 @@ prompt_loss_weight = 0.1
 
 max_seq_len = 512
 batch_size = 4
-gradient_accumulation_steps = 32
+global_batch_size = 128
 epochs = 3.0
 learning_rate = 2e-5
 min_lr = 0.0

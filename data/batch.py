@@ -73,11 +73,18 @@ def collate(data, ids, plw, pad_multiple=1):
     return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w), torch.from_numpy(p)
 
 
+def example_targets(data, ids):
+    """(targets, prompt targets) per example, (len(ids),) int64 each, from the data alone: identical on every rank,
+    no device sync."""
+    o, roles = data["offsets"], data["roles"]
+    prompt = np.array([int((roles[o[i] + 1:o[i + 1]] == 0).sum()) for i in ids], dtype=np.int64)
+    return (o[ids + 1] - o[ids] - 1).astype(np.int64), prompt
+
+
 def target_counts(data, ids):
-    """(targets, prompt targets) of the examples, from the data alone: identical on every rank, no device sync."""
-    o = data["offsets"]
-    prompt = sum(int((data["roles"][o[i] + 1:o[i + 1]] == 0).sum()) for i in ids)
-    return int((o[ids + 1] - o[ids] - 1).sum()), prompt
+    """(targets, prompt targets) of the examples together"""
+    n, prompt = example_targets(data, ids)
+    return int(n.sum()), int(prompt.sum())
 
 
 def data_fingerprint(data):

@@ -261,7 +261,7 @@ def test_train_exports_a_llama3_model_transformers_loads(llama3_dir, tmp_path):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "train.py", "configs/tiny_stories.py", f"--init_from={llama3_dir}",
                         f"--dataset={data}", f"--out_dir={out}", "--max_iters=2", "--batch_size=4",
-                        "--gradient_accumulation_steps=2", "--max_seq_len=128", "--warmup_iters=0"],
+                        "--global_batch_size=8", "--max_seq_len=128", "--warmup_iters=0"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]

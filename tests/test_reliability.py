@@ -109,7 +109,7 @@ def test_internal_errors_keep_their_traceback(tmp_path):
 # ---------------------------------------------------------------------------------------------- kills
 
 ARGS = ["configs/tiny_stories.py", "--max_seq_len=256", "--learning_rate=1e-2", "--warmup_iters=0", "--max_iters=6",
-        "--batch_size=4", "--gradient_accumulation_steps=2", "--dropout=0.1", "--checkpoint_interval=1"]
+        "--batch_size=4", "--global_batch_size=8", "--dropout=0.1", "--checkpoint_interval=1"]
 
 
 def launch(out, data, env=None):
