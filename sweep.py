@@ -29,6 +29,7 @@ from checkpoint import list_checkpoints
 from config import ConfigError, load_config
 from data.prepare import DATA_DIR, DATASETS, resolve_dataset
 from eval import analyze
+from eval.stats import LOG_KEYS, load_log, loss_rsd
 from util import atomic_write, cli
 
 ROOT = Path(__file__).resolve().parent
@@ -194,12 +195,14 @@ def score_rows(cond, run_dir):
     if dist:
         rows += [{**base, "benchmark": f"weight_distance_{k}_rel", "score": dist["overall"][f"{k}_rel"],
                   "group": "mechanism"} for k in ("l2", "l1")]
-    log = analyze.load_log(run_dir / "log.jsonl")
-    for key, name in (("loss", "loss_rsd"), ("completion_loss", "completion_loss_rsd")):
+    log = load_log(run_dir / "log.jsonl")
+    for key in LOG_KEYS[:-1]:  # the loss under each normalisation (loss_hf, the paper's, first) and the completion's
+        if not any(key in r for r in log):  # a log written before train.py logged every normalisation
+            continue
         try:
-            rows.append({**base, "benchmark": name, "score": analyze.loss_rsd(log, key=key), "group": "mechanism"})
+            rows.append({**base, "benchmark": f"{key}_rsd", "score": loss_rsd(log, key=key), "group": "mechanism"})
         except ValueError as e:  # e.g. a log written with log_interval > 1, or too short for one window
-            print(f"note: {run_dir.name}: no {name}: {e}", file=sys.stderr)
+            print(f"note: {run_dir.name}: no {key}_rsd: {e}", file=sys.stderr)
     return rows
 
 

@@ -1,5 +1,5 @@
 """
-eval/analyze.py: the w_p transform, relative scores, the quadratic fit and its critical PLW, loss RSD, the CLI.
+eval/analyze.py and its pieces (scores.py, stats.py, report.py): the w_p transform, relative scores, the quadratic fit and its critical PLW, loss RSD, the CLI.
 
 Expected values are derived independently of the code under test: w_p through the identity
 PLW^log10(2) = 2^log10(PLW) (so PLW = 10^log2(w_p)), fits from coefficients we choose, scaled scores by hand.
@@ -13,8 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from eval.analyze import (PAPER_PLWS, aggregate, analyze, fit_quadratic, infer_group, load_log, loss_rsd, main,
-                          make_figures, markdown_table, normalize_rows, plw_from_wp, relative_scores, wp)
+from eval.analyze import analyze, main
+from eval.report import make_figures, markdown_table
+from eval.scores import PAPER_PLWS, aggregate, infer_group, normalize_rows, plw_from_wp, relative_scores, wp
+from eval.stats import fit_quadratic, load_log, loss_rsd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "eval", "analyze.py")

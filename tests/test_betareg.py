@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from eval.analyze import (analyze, beta_design, beta_quadratic, load_scores, normalize_rows, plw_from_wp,
-                          relative_scores, wp)
-from eval.betareg import digamma, fit_beta, lgamma, squeeze, trigamma, vertex, wald
+from eval.analyze import analyze
+from eval.betareg import beta_design, beta_quadratic, digamma, fit_beta, lgamma, squeeze, trigamma, vertex, wald
+from eval.scores import load_scores, normalize_rows, plw_from_wp, relative_scores, wp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY = os.path.join(ROOT, "tests", "fixtures", "study_2026-11-25_scores.jsonl")

@@ -10,7 +10,8 @@ import torch
 
 from conftest import ROOT, STORIES
 from data.prepare import format_prompt, tokenize
-from eval import analyze, heldout
+from eval import analyze, heldout, report, scores, stats
+from eval.betareg import Z95
 from eval.generate import load_model_and_tokenizer
 import sweep
 
@@ -115,7 +116,7 @@ def test_sweep_writes_heldout_rows_with_their_condition(tmp_path):
     assert by["forget_nll"]["higher_is_better"] is False and by["heldout_chrf"]["higher_is_better"] is True
     assert all(r["group"] == "mechanism" and (r["model"], r["plw"], r["regularizer"], r["reg_value"], r["seed"])
                == ("stories260K", 0.1, "none", 0.0, 2) for r in by.values())
-    analyze.normalize_rows(rows)  # valid score rows
+    scores.normalize_rows(rows)  # valid score rows
 
 
 def test_sweep_adds_the_heldout_step_only_when_asked():
@@ -135,11 +136,14 @@ def test_sweep_adds_the_heldout_step_only_when_asked():
 # eval/analyze.py: paired differences and t intervals
 
 def test_t_quantiles():
-    assert analyze.t975(1) == 12.706 and analyze.t975(2) == 4.303 and analyze.t975(30) == 2.042
-    assert analyze.t975(60) == pytest.approx(2.000, abs=1e-3) and analyze.t975(120) == pytest.approx(1.980, abs=1e-3)
-    assert analyze.t975(10 ** 6) == pytest.approx(analyze.Z95, abs=1e-5)
+    # the tables' values (NIST/SEMATECH e-Handbook 1.3.6.7.2, 3 decimals) and, where installed, scipy's to 1e-9
+    assert [round(stats.t975(df), 3) for df in (1, 2, 10, 30, 60, 120)] == [12.706, 4.303, 2.228, 2.042, 2.000, 1.980]
+    assert stats.t975(10 ** 6) == pytest.approx(Z95, abs=1e-5)
     with pytest.raises(ValueError):
-        analyze.t975(0)
+        stats.t975(0)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 7, 16, 29, 100, 1000):
+        assert stats.t975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=1e-9)
 
 
 def study_rows():
@@ -156,10 +160,11 @@ def study_rows():
 
 
 def test_paired_differences_are_same_seed_differences_with_a_t_interval():
-    p = {(e["benchmark"], e["plw"]): e for e in analyze.paired_differences(study_rows())}
+    p = {(e["benchmark"], e["plw"]): e for e in stats.paired_differences(study_rows())}
     e = p["heldout_nll", 0.1]
     d = np.array([0.05 + 0.01, 0.05 - 0.01, 0.05])
-    half = 4.303 * d.std(ddof=1) / math.sqrt(3)
+    t2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # t_{0.975, 2} in closed form, (2q - 1) / sqrt(2 q (1 - q)) = 4.3027
+    half = t2 * d.std(ddof=1) / math.sqrt(3)
     assert e["diff"] == pytest.approx(d.mean()) and e["seeds"] == 3
     assert e["ci"] == pytest.approx([d.mean() - half, d.mean() + half])
     assert e["excludes_zero"] is True and e["base_mean"] == pytest.approx(2.0)
@@ -172,7 +177,7 @@ def test_paired_differences_are_same_seed_differences_with_a_t_interval():
               "group": "mechanism", "higher_is_better": False},
              {"plw": 1.0, "seed": 0, "benchmark": "heldout_nll", "score": 9.0, "dataset": "d", "model": "m",
               "regularizer": "dropout", "reg_value": 0.1, "group": "mechanism", "higher_is_better": False}]
-    p2 = {(e["benchmark"], e["plw"]): e for e in analyze.paired_differences(study_rows() + extra)}
+    p2 = {(e["benchmark"], e["plw"]): e for e in stats.paired_differences(study_rows() + extra)}
     assert ("heldout_nll", 0.5) not in p2 and p2["heldout_nll", 1.0] == p["heldout_nll", 1.0]
 
 
@@ -191,6 +196,6 @@ def test_analyze_cli_writes_the_paired_tables_and_figures(tmp_path):
 
 
 def test_an_untested_vertex_is_not_printed_as_a_finding():
-    fit = analyze.fit_quadratic(np.array([0.0, 0.25, 0.5, 0.75, 1.0]), np.array([0.2, 0.5, 0.6, 0.5, 0.3]))
-    line = analyze.format_fit(fit)
+    fit = stats.fit_quadratic(np.array([0.0, 0.25, 0.5, 0.75, 1.0]), np.array([0.2, 0.5, 0.6, 0.5, 0.3]))
+    line = report.format_fit(fit)
     assert "critical PLW = " in line and "**" not in line and "untested" in line
