@@ -328,13 +328,13 @@ train() {
 }
 
 if [ "$DRY" = 1 ]; then
-  TRAIN=(configs/tiny_stories.py --max_iters=2 --batch_size=4 --gradient_accumulation_steps=2 --device=cpu
+  TRAIN=(configs/tiny_stories.py --max_iters=2 --batch_size=4 --global_batch_size=8 --device=cpu
          --dtype=float32 --compile=False --overwrite=True)
   BF16=(--optimizer=adamw_bf16 --dtype=bfloat16 --tokens_per_micro_batch=1024 --max_iters=1)
   SINGLE=(--compile=True)  # train.py's compiled path on the CPU (inductor, ~20 s cold); torchrun's run stays eager
   L_COMPILE=120; L_STEP=120; L_TRAIN=120
 else
-  TRAIN=(configs/tiny_stories.py --max_iters=30 --batch_size=16 --gradient_accumulation_steps=2 --device=cuda
+  TRAIN=(configs/tiny_stories.py --max_iters=30 --batch_size=16 --global_batch_size=32 --device=cuda
          --dtype=bfloat16 --compile=True --overwrite=True)
   BF16=(--optimizer=adamw_bf16 --tokens_per_micro_batch=4096)
   SINGLE=()

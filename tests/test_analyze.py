@@ -246,6 +246,33 @@ def test_cli_markdown_out_and_log(tmp_path, capsys):
     assert json.loads((out_dir / "fit.json").read_text())["logs"][logf]["loss_rsd"] == pytest.approx(math.sqrt(2) / 6)
 
 
+def test_log_rsd_of_every_normalisation_from_a_real_run(tmp_path, capsys):
+    # train.py's log carries the loss under each normalisation; analyze reports the RSD of each, loss_hf's first
+    import subprocess
+    import sys
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "train.py", "configs/tiny_stories.py", f"--out_dir={out}", "--max_iters=10",
+                        "--max_seq_len=256", "--global_batch_size=8", "--batch_size=2"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all({"loss", "loss_nonzero", "loss_micro_mean", "loss_hf"} <= row.keys() for row in rows)
+    assert main(["--log", str(out / "log.jsonl"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["logs"][str(out / "log.jsonl")]
+    for key in ("loss_hf", "loss", "loss_micro_mean", "loss_nonzero", "completion_loss", "prompt_loss"):
+        assert summary[f"{key}_rsd"] == pytest.approx(loss_rsd(rows, key)), key
+    assert main(["--log", str(out / "log.jsonl")]) == 0
+    assert "| log | loss_hf | loss | loss_micro_mean | loss_nonzero |" in capsys.readouterr().out
+
+
+def test_mechanism_rows_lead_with_the_papers_loss_rsd():
+    rows = [{"plw": p, "benchmark": b, "score": v, "group": g} for p, v in ((0, 0.2), (0.1, 0.5), (1, 0.3))
+            for b, g in (("arc_easy", "mc"), ("completion_loss_rsd", "mechanism"), ("loss_rsd", "mechanism"),
+                         ("loss_hf_rsd", "mechanism"), ("memorization_bleu", "mechanism"))]
+    assert list(analyze(rows)["datasets"]["default"]["benchmarks"]) == [
+        "arc_easy", "loss_hf_rsd", "loss_rsd", "completion_loss_rsd", "memorization_bleu"]
+
+
 def test_cli_bad_input_subprocess(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"plw": 0, "benchmark": "piqa", "score": 0.5}\n{"plw": 0.1, oops\n')
