@@ -24,10 +24,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import train
 from checkpoint import list_checkpoints
 from config import ConfigError, load_config
-from data.prepare import DATA_DIR, DATASETS, resolve_dataset
+from data.prepare import DATA_DIR, DATASETS, format_prompt, load_records, resolve_dataset
 from eval import analyze
 from eval.stats import LOG_KEYS, load_log, loss_rsd
 from util import atomic_write, cli
@@ -39,8 +41,12 @@ sweep_plw = PAPER_GRID          # comma-separated prompt loss weights (the paper
 sweep_seeds = ""                # comma-separated seeds ("" = the config's seed)
 sweep_models = ""               # comma-separated base model directories ("" = the config's init_from)
 sweep_datasets = ""             # comma-separated datasets ("" = the config's dataset)
-sweep_regularizers = ""         # name=value,... from weight_decay, dropout, label_smoothing, minkowski (lambda)
+sweep_regularizers = ""         # name=value,... from weight_decay, dropout, label_smoothing, minkowski (lambda), and the
+                                # controls learning_rate, max_iters, domain (PLW 0's prompts as plain text records,
+                                # weighted by the value: text_loss_weight)
 sweep_reg_plw = "0,1"           # the PLWs each regularizer variant runs at
+sweep_train_n = 0               # > 0: each seed trains on this many records of the dataset, drawn with the seed
+                                # (SWEEP/data/): a seed samples the training data, not only its order
 sweep_dir = ""                  # where the runs go (default: the config's out_dir + '_sweep')
 sweep_tasks = "arc_challenge,piqa,truthfulqa_mc2,winogrande"  # multiple-choice tasks (the paper's four)
 sweep_gen_tasks = ""            # short-generation tasks of eval/gen.py, e.g. truthfulqa_gen,wmt16-de-en ("" = none)
@@ -54,6 +60,12 @@ sweep_mem_n = 10000             # training prompts for memorization BLEU (the pa
 sweep_mem_max_new_tokens = 512  # greedy tokens per memorization prompt
 sweep_eval_batch_size = 32      # evaluation batch size
 sweep_heldout = ""              # held-out Alpaca JSON for eval/heldout.py (held-out/train NLL, exact match, chrF; "" = none)
+sweep_heldout_mc = ""           # eval/heldout.py split's heldout_mc.json: the held-out multiple-choice task ("" = none)
+sweep_cloze = ""                # eval/heldout.py base_samples --cloze_context: a cloze in the base model's domain ("" = none)
+sweep_primary = ""              # the study's primary measure (e.g. heldout_nll): its paired comparisons with PLW 0 are
+                                # the primary family of the analysis (Holm); every other comparison is secondary
+sweep_control_ref = -1.0        # >= 0: the PLW whose gain over PLW 0 the controls are held against (-1: none)
+sweep_title = ""                # the study's name in the analysis' figures ("" = the dataset)
 sweep_heldout_train = ""        # the training records whose completion NLL is measured after training ("" = the dataset)
 sweep_heldout_train_n = 0       # the first N of them, in file order (0: all)
 sweep_forget = ""               # base-model samples (eval/heldout.py base_samples) for the forgetting NLL ("" = none)
@@ -63,7 +75,8 @@ sweep_dry_run = False           # print the commands of the steps still to run, 
 # -----------------------------------------------------------------------------
 SWEEP = {k: v for k, v in globals().items() if k.startswith("sweep_")}
 REGULARIZERS = {"weight_decay": "weight_decay", "dropout": "dropout", "label_smoothing": "label_smoothing",
-                "minkowski": "minkowski_lambda"}  # name in score rows -> train.py key
+                "minkowski": "minkowski_lambda",  # name in score rows -> train.py key; then the controls:
+                "learning_rate": "learning_rate", "max_iters": "max_iters", "domain": "text_loss_weight"}
 # the score each multiple-choice task contributes, as the Open LLM Leaderboard reported them
 MC_METRIC = {"arc_challenge": "acc_norm", "arc_easy": "acc_norm", "hellaswag": "acc_norm", "piqa": "acc_norm",
              "openbookqa": "acc_norm", "truthfulqa_mc1": "acc", "truthfulqa_mc2": "acc", "winogrande": "acc",
@@ -72,7 +85,17 @@ MC_METRIC = {"arc_challenge": "acc_norm", "arc_easy": "acc_norm", "hellaswag": "
 HELDOUT_ROWS = (("heldout_nll", "heldout_nll", False), ("heldout_prompt_nll", "heldout_prompt_nll", False),
                 ("train_nll", "train_nll", False), ("gap", "overfit_gap", False),
                 ("forget_nll", "forget_nll", False), ("exact_match", "heldout_exact_match", True),
-                ("chrf", "heldout_chrf", True), ("gen_tokens_mean", "heldout_gen_tokens", True))
+                ("chrf", "heldout_chrf", True), ("gen_tokens_mean", "heldout_gen_tokens", True),
+                ("mc_acc", "heldout_mc_acc", True), ("mc_acc_norm", "heldout_mc_acc_norm", True),
+                ("cloze_acc", "story_cloze_acc", True), ("cloze_acc_norm", "story_cloze", True))
+BENCHMARK_ROWS = {"heldout_mc_acc_norm", "story_cloze"}  # multiple-choice tasks scored by acc_norm, as ARC is
+# eval/heldout.py's per-record numbers -> (benchmark, record set, numerator, denominator): a bootstrap over records
+RECORD_ROWS = (("heldout_nll", "heldout", "completion_sum", "completion_count"),
+               ("heldout_prompt_nll", "heldout", "prompt_sum", "prompt_count"),
+               ("train_nll", "train", "completion_sum", "completion_count"),
+               ("forget_nll", "forget", "sum", "count"),
+               ("heldout_mc_acc", "mc", "acc", None), ("heldout_mc_acc_norm", "mc", "acc_norm", None),
+               ("story_cloze_acc", "cloze", "acc", None), ("story_cloze", "cloze", "acc_norm", None))
 
 
 def numbers(name, text, kind=float):
@@ -114,15 +137,52 @@ def run_name(c, model, dataset, plw, reg, value, seed, grid):
     return name
 
 
-def commands(c, configs, overrides, cond, run_dir):
-    """the steps of one run: [(name, output that marks it done, argv)]"""
+def dataset_file(dataset):
+    """the file of a dataset name or path"""
+    return DATA_DIR / DATASETS[dataset]["path"] if dataset in DATASETS else Path(dataset)
+
+
+def seed_data(c, dataset, seed, sweep_dir, domain=False):
+    """With sweep_train_n > 0: the seed's training records (sweep_train_n of the dataset's, drawn with the seed, in
+    file order), written once to SWEEP/data/; with domain=True, followed by the same records' prompts as plain-text
+    records (the domain control: the prompts' English as language-model data, without the prompt loss of an
+    instruction example). Without sweep_train_n: the dataset itself."""
+    n = c["sweep_train_n"]
+    if not n:
+        return dataset_file(dataset)
+    records = load_records(dataset_file(dataset))
+    if n > len(records):
+        raise ConfigError(f"--train_n {n} exceeds the {len(records)} records of {dataset}")
+    pick = np.sort(np.random.default_rng([seed, 1]).choice(len(records), n, replace=False))
+    chosen = [records[i] for i in pick]
+    if domain:
+        chosen += [{"text": format_prompt(r["instruction"], r["input"])} for r in chosen]
+    path = sweep_dir / "data" / f"{Path(str(dataset)).stem}_n{n}_seed{seed}{'_domain' if domain else ''}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(chosen, indent=1)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def train_value(key, value):
+    """a variant's value as train.py's --key=value wants it (an int key gets an int)"""
+    return str(int(value)) if isinstance(train.DEFAULTS[key], int) and not isinstance(train.DEFAULTS[key], bool) \
+        else repr(value)
+
+
+def commands(c, configs, overrides, cond, run_dir, sweep_dir=None):
+    """the steps of one run: [(name, output that marks it done, argv)]; sweep_dir holds the seeds' data (SWEEP/data)"""
     model, dataset, plw, reg, value, seed = cond
     s = lambda k: c["sweep_" + k]  # noqa: E731
     py, out, bs = sys.executable, str(run_dir), str(s("eval_batch_size"))
+    sweep_dir = Path(sweep_dir or run_dir.parent)
+    data = seed_data(c, dataset, seed, sweep_dir)
+    train_data = seed_data(c, dataset, seed, sweep_dir, domain=True) if reg == "domain" else data
     train_cmd = (shlex.split(s("launcher")) if s("launcher") else [py]) + [
-        "train.py", *configs, *overrides, f"--init_from={model}", f"--dataset={dataset}", f"--seed={seed}",
+        "train.py", *configs, *overrides, f"--init_from={model}", f"--dataset={train_data}", f"--seed={seed}",
         f"--prompt_loss_weight={plw!r}", f"--out_dir={run_dir}"] + (
-        [f"--{REGULARIZERS[reg]}={value!r}"] if reg != "none" else [])
+        [f"--{REGULARIZERS[reg]}={train_value(REGULARIZERS[reg], value)}"] if reg != "none" else [])
     if not (run_dir / "config.json").exists() and list_checkpoints(run_dir):
         train_cmd.append("--resume=True")
     steps = [("train", run_dir / "config.json", train_cmd)]  # train.py exports config.json last
@@ -142,18 +202,17 @@ def commands(c, configs, overrides, cond, run_dir):
                 py, "eval/judge.py", "pandalm", "--model_a", out, "--model_b", s("baseline"), "--judge", s("judge"),
                 "--batch_size", bs, "--output", f"{out}/eval_pandalm.json"] + limit("gen_limit")))
     if s("mem_n"):
-        data = DATA_DIR / DATASETS[dataset]["path"] if dataset in DATASETS else Path(dataset)
         steps.append(("memorization", run_dir / "eval_memorization.json", [
             py, "eval/memorization.py", "--model", out, "--data", str(data), "--n", str(s("mem_n")),
             "--max_new_tokens", str(s("mem_max_new_tokens")), "--batch_size", bs,
             "--max_prompt_tokens", str(c["max_seq_len"] - 1),  # longer prompts were cut before their completion
             "--seed", str(seed), "--output", f"{out}/eval_memorization.json"]))
     if s("heldout"):
-        data = DATA_DIR / DATASETS[dataset]["path"] if dataset in DATASETS else Path(dataset)
         steps.append(("heldout", run_dir / "eval_heldout.json", [
             py, "eval/heldout.py", "eval", "--model", out, "--train", s("heldout_train") or str(data),
             "--train_n", str(s("heldout_train_n")), "--heldout", s("heldout"), "--base_samples", s("forget"),
-            "--max_new_tokens", str(s("heldout_max_new_tokens")), "--output", f"{out}/eval_heldout.json"]))
+            "--mc", s("heldout_mc"), "--cloze", s("cloze"), "--max_new_tokens", str(s("heldout_max_new_tokens")),
+            "--output", f"{out}/eval_heldout.json"]))
     steps.append(("distance", run_dir / "eval_distance.json", [
         py, "eval/distance.py", "--model", out, "--base", model, "--output", f"{out}/eval_distance.json"]))
     return steps
@@ -188,9 +247,10 @@ def score_rows(cond, run_dir):
     held = read("eval_heldout.json")
     if held:  # the study's measures (eval/heldout.py): losses are lower-is-better
         for key, name, higher in HELDOUT_ROWS:
-            if held.get(key) is not None:
-                rows.append({**base, "benchmark": name, "score": held[key], "group": "mechanism",
-                             "higher_is_better": higher})
+            if held.get(key) is not None:  # the held-out multiple-choice task is a benchmark (acc_norm, as ARC's)
+                group = "mc" if name in BENCHMARK_ROWS else "mechanism"
+                rows.append({**base, "benchmark": name, "score": held[key], "group": group,
+                             "higher_is_better": higher, **({"metric": "acc_norm"} if group == "mc" else {})})
     dist = read("eval_distance.json")
     if dist:
         rows += [{**base, "benchmark": f"weight_distance_{k}_rel", "score": dist["overall"][f"{k}_rel"],
@@ -203,6 +263,26 @@ def score_rows(cond, run_dir):
             rows.append({**base, "benchmark": f"{key}_rsd", "score": loss_rsd(log, key=key), "group": "mechanism"})
         except ValueError as e:  # e.g. a log written with log_interval > 1, or too short for one window
             print(f"note: {run_dir.name}: no {key}_rsd: {e}", file=sys.stderr)
+    return rows
+
+
+def record_rows(cond, run_dir):
+    """records.jsonl rows of one finished run: per measure of RECORD_ROWS, each record's numerator and denominator
+    (the measure is sum num / sum den) and the record set they index (a seed's own training records are its own
+    set), for the analysis' bootstrap over records"""
+    model, dataset, plw, reg, value, seed = cond
+    path = run_dir / "eval_heldout.json"
+    if not path.exists():
+        return []
+    recs = json.loads(path.read_text()).get("records") or {}
+    base = {"model": Path(model).name, "dataset": dataset, "plw": plw, "regularizer": reg, "reg_value": value,
+            "seed": seed}
+    rows = []
+    for name, kind, num, den in RECORD_ROWS:
+        if recs.get(kind) and recs[kind].get(num):
+            n = recs[kind][num]
+            rows.append({**base, "benchmark": name, "records": f"train:seed{seed}" if kind == "train" else kind,
+                         "num": [round(v, 6) for v in n], "den": recs[kind][den] if den else [1] * len(n)})
     return rows
 
 
@@ -227,7 +307,7 @@ def main(argv):
 
     for cond in grid:
         run_dir = sweep_dir / run_name(c, *cond, grid)
-        for name, done, cmd in commands(c, configs, overrides, cond, run_dir):
+        for name, done, cmd in commands(c, configs, overrides, cond, run_dir, sweep_dir):
             if done.exists():
                 continue
             line = " ".join(shlex.quote(str(a)) for a in cmd)
@@ -245,8 +325,23 @@ def main(argv):
     text = "".join(json.dumps(r) + "\n" for r in rows)
     atomic_write(scores, lambda tmp: Path(tmp).write_text(text))
     print(f"wrote {scores} ({len(rows)} rows)", file=sys.stderr)
+    extra = []
+    recs = [r for cond in grid for r in record_rows(cond, sweep_dir / run_name(c, *cond, grid))]
+    if recs:
+        path = sweep_dir / "records.jsonl"
+        text = "".join(json.dumps(r) + "\n" for r in recs)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        print(f"wrote {path} ({len(recs)} rows: per-record numbers)", file=sys.stderr)
+        extra += ["--records", str(path)]
+    if c["sweep_primary"]:
+        extra += ["--primary", c["sweep_primary"]]
+    if c["sweep_control_ref"] >= 0:
+        extra += ["--control_ref", repr(c["sweep_control_ref"])]
+    if c["sweep_title"]:
+        extra += ["--title", c["sweep_title"]]
     if len({g[2] for g in grid}) >= 3:
-        analyze.main(["--scores", str(scores), "--out", str(sweep_dir / "analysis")])
+        if analyze.main(["--scores", str(scores), "--out", str(sweep_dir / "analysis"), *extra]) != 0:
+            raise ConfigError(f"the analysis of {scores} failed (above); the runs and scores are kept")
     return 0
 
 

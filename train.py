@@ -30,7 +30,7 @@ from checkpoint import (args_from_hf_config, checkpoint, claim_run_dir, clear_ru
                         load_model, open_log, resume_state)
 from config import ConfigError, load_config
 from data.batch import collate, data_fingerprint, example_targets, split_by_tokens, split_micro_batches, step_examples
-from data.prepare import prepare_dataset
+from data.prepare import COMPLETION, PROMPT, TEXT, prepare_dataset
 from model import Transformer
 from optim import AdamWBF16
 from tokenizer import Tokenizer
@@ -43,6 +43,7 @@ init_from = ""                  # an HF LLaMA directory: config.json + model.saf
 tokenizer = ""                  # a tokenizer.model; "" = the one in init_from
 dataset = "alpaca"              # alpaca | alpaca_short | alpaca_cleaned | alpaca_cleaned_short | a JSON/JSONL path
 prompt_loss_weight = 0.0        # PLW: the weight of prompt tokens in the loss
+text_loss_weight = 1.0          # the weight of plain-text records' tokens ({"text": ...} records in the dataset)
 loss_norm = "global"            # global: sum w*CE / sum w over the global batch | micro_mean: the mean over micro-
                                 # batches of batch_size examples (in the step's random order, as HF Trainer's sampler
                                 # forms them) of each one's weighted mean | nonzero: / #tokens with w > 0
@@ -102,8 +103,8 @@ def check_config(c):
     def need(ok, msg):
         if not ok:
             raise ConfigError(msg)
-    need(math.isfinite(c["prompt_loss_weight"]) and c["prompt_loss_weight"] >= 0,
-         f"prompt_loss_weight must be >= 0, got {c['prompt_loss_weight']}")
+    for k in ("prompt_loss_weight", "text_loss_weight"):
+        need(math.isfinite(c[k]) and c[k] >= 0, f"{k} must be >= 0, got {c[k]}")
     for k in ("batch_size", "log_interval", "keep_checkpoints"):
         need(c[k] >= 1, f"{k} must be >= 1, got {c[k]}")
     for k in ("max_iters", "checkpoint_interval", "eval_interval", "val_size", "global_batch_size",
@@ -166,10 +167,12 @@ def global_batch(c, world):
     return g, g // (b * world)
 
 
-def example_weights(n_targets, n_prompt, plw):
-    """(sum of w, count of w > 0) per example, from its target and prompt-target counts (data/batch.example_targets)"""
-    n_targets, n_prompt = n_targets.astype(np.float64), n_prompt.astype(np.float64)
-    return plw * n_prompt + (n_targets - n_prompt), (n_targets if plw > 0 else n_targets - n_prompt)
+def example_weights(n_targets, n_prompt, n_text, plw, text_weight=1.0):
+    """(sum of w, count of w > 0) per example, from its counts of targets, prompt targets and plain-text targets
+    (data/batch.example_targets)"""
+    n_t, n_p, n_x = (v.astype(np.float64) for v in (n_targets, n_prompt, n_text))
+    n_c = n_t - n_p - n_x                                                                   # completion targets
+    return plw * n_p + text_weight * n_x + n_c, n_c + (n_p if plw > 0 else 0) + (n_x if text_weight > 0 else 0)
 
 
 def hf_micro_batches(n, batch_size):
@@ -264,8 +267,9 @@ def check_trainable(c, data):
     roles, o = data["roles"], data["offsets"]
     targets = np.ones(len(roles), dtype=bool)
     targets[o[:-1]] = False                                                         # BOS is never a target
-    n_completion = int((targets & (roles == 1)).sum())
-    if n_completion == 0 and c["prompt_loss_weight"] == 0:
+    n_completion = int((targets & (roles == COMPLETION)).sum())
+    n_text = int((targets & (roles == TEXT)).sum()) if c["text_loss_weight"] > 0 else 0
+    if n_completion == 0 and n_text == 0 and c["prompt_loss_weight"] == 0:
         raise ConfigError(f"nothing to train: every completion was truncated away (max_seq_len={c['max_seq_len']}) "
                           f"and prompt_loss_weight is 0, so every loss weight is 0")
 
@@ -335,11 +339,12 @@ def evaluate(run, model, val_data, autocast):
     nval, bs = len(val_data["offsets"]) - 1, c["batch_size"]
     for s in range(0, nval, bs * world):
         ids = np.arange(s + rank * bs, min(s + (rank + 1) * bs, nval))
-        x, y, w, p = (t.to(dev) for t in collate(val_data, ids if len(ids) else np.arange(1), c["prompt_loss_weight"]))
+        x, y, w, r = (t.to(dev) for t in collate(val_data, ids if len(ids) else np.arange(1), c["prompt_loss_weight"],
+                                                 text_weight=c["text_loss_weight"]))
         w = w * bool(len(ids))
         with autocast:
             ce = model(x, y)
-        comp = ((y >= 0) & ~p) & bool(len(ids))
+        comp = (r == COMPLETION) & bool(len(ids))
         sums += torch.stack([(ce * w).sum(), w.sum(), (ce * comp).sum(), comp.sum()]).double()
     if world > 1:
         dist.all_reduce(sums)
@@ -422,8 +427,8 @@ def train_step(run, model, it, autocast, pad_multiple):
     for group in opt.param_groups:
         group["lr"] = lr
     ids = step_examples(it, run["n"], run["G"], c["seed"])
-    n_t, n_p = example_targets(data, ids)                                          # (G,) targets, prompt targets
-    sw, nz = example_weights(n_t, n_p, plw)                                        # (G,) sum w, count of w > 0
+    n_t, n_p, n_x = example_targets(data, ids)                                     # (G,) targets, prompt, text
+    sw, nz = example_weights(n_t, n_p, n_x, plw, c["text_loss_weight"])            # (G,) sum w, count of w > 0
     factors = row_factors(c, sw, nz, world)                                        # (G,)
     position = {int(e): i for i, e in enumerate(ids)}  # an example's place in the step's order
     micro = (split_by_tokens(ids, lengths, c["tokens_per_micro_batch"], world, pad_multiple)
@@ -434,8 +439,8 @@ def train_step(run, model, it, autocast, pad_multiple):
     # and completion CE sums of this rank. Summed over ranks once, when the row is logged
     stats = torch.zeros(len(ids) + 2, dtype=torch.float64, device=dev)
     for k, mb in enumerate(micro[rank::world]):
-        x, y, w, p = ((t.pin_memory() if dev.startswith("cuda") else t).to(dev, non_blocking=True)
-                      for t in collate(data, mb, plw, pad_multiple))
+        x, y, w, r = ((t.pin_memory() if dev.startswith("cuda") else t).to(dev, non_blocking=True)
+                      for t in collate(data, mb, plw, pad_multiple, c["text_loss_weight"]))
         pos = np.array([position[int(e)] for e in mb])
         f = torch.from_numpy(factors[pos]).to(dev, non_blocking=True)                              # (B,) fp64
         last = k == n_mine - 1
@@ -446,9 +451,8 @@ def train_step(run, model, it, autocast, pad_multiple):
             loss, ce = micro_loss(model, x, y, w, f, c["label_smoothing"])
         loss.backward()
         with torch.no_grad():
-            valid = y >= 0
             stats[torch.from_numpy(pos).to(dev, non_blocking=True)] += (ce * w).sum(1).double()
-            stats[-2:] += torch.stack([(ce * (valid & p)).sum(), (ce * (valid & ~p)).sum()]).double()
+            stats[-2:] += torch.stack([(ce * (r == PROMPT)).sum(), (ce * (r == COMPLETION)).sum()]).double()
     params = run["params"]
     penalty = minkowski_penalty(params, run["base"], c["minkowski_lambda"], c["minkowski_p"]) if run["base"] else None
     if c["grad_clip"] > 0:
@@ -460,7 +464,8 @@ def train_step(run, model, it, autocast, pad_multiple):
     if math.isfinite(gnorm) and W > 0:
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return dict(lr=lr, ids=ids, micro=micro, n_targets=int(n_t.sum()), n_prompt=int(n_p.sum()), W=W, sw=sw, nz=nz, stats=stats,
+    return dict(lr=lr, ids=ids, micro=micro, n_targets=int(n_t.sum()), n_prompt=int(n_p.sum()),
+                n_completion=int((n_t - n_p - n_x).sum()), W=W, sw=sw, nz=nz, stats=stats,
                 gnorm=gnorm, penalty=penalty)
 
 
@@ -486,7 +491,7 @@ def log_row(run, it, s, window, dt):
     row = {"iter": it + 1, "epoch": round((it + 1) / run["per_epoch"], 4),
            **step_losses(st[:-2], s["sw"], s["nz"], run["cfg"]["batch_size"]),
            "prompt_loss": float(st[-2] / max(s["n_prompt"], 1)),
-           "completion_loss": float(st[-1] / max(s["n_targets"] - s["n_prompt"], 1)),
+           "completion_loss": float(st[-1] / max(s["n_completion"], 1)),
            "lr": s["lr"], "grad_norm": s["gnorm"], "tokens": s["n_targets"],
            "padding": round(1 - window["tokens"] / window["padded"], 4), "tokens_per_s": round(window["tokens"] / dt, 1)}
     if s["penalty"] is not None:

@@ -4,12 +4,16 @@ Which examples form each optimizer step, and how they become tensors: the same f
     ids = step_examples(it, n, global_batch, seed)                 # (G,) fixed by seed and global batch only
     micro = split_micro_batches(ids, lengths, batch_size, n_micro)  # length-sorted micro-batches
     micro = split_by_tokens(ids, lengths, max_tokens, world)        # or: at most max_tokens padded tokens each
-    x, y, w, p = collate(data, micro[0], plw)                      # inputs, targets, loss weights, prompt mask
+    x, y, w, r = collate(data, micro[0], plw)                      # inputs, targets, loss weights, target roles
 """
 import hashlib
 
 import numpy as np
 import torch
+
+from data.prepare import PROMPT, TEXT
+
+PAD_ROLE = 3  # the role collate gives padding: not a target
 
 
 def step_examples(it, n, global_batch, seed):
@@ -55,35 +59,38 @@ def split_by_tokens(ids, lengths, max_tokens, world=1, pad_multiple=1):
     return micro
 
 
-def collate(data, ids, plw, pad_multiple=1):
-    """Examples -> x (B, T) inputs, y (B, T) targets (-1 = padding), w (B, T) loss weights, p (B, T) prompt mask.
-    Targets are the next tokens, so BOS is never a target; a target's role is the role of the token it predicts."""
+def collate(data, ids, plw, pad_multiple=1, text_weight=1.0):
+    """Examples -> x (B, T) inputs, y (B, T) targets (-1 = padding), w (B, T) loss weights, r (B, T) the targets'
+    roles (data/prepare.py's PROMPT, COMPLETION, TEXT; PAD_ROLE on padding). Weights: plw on prompt targets, 1 on
+    completion targets, text_weight on plain-text records' targets, 0 on padding. Targets are the next tokens, so
+    BOS is never a target; a target's role is the role of the token it predicts."""
     tokens, roles, offsets = data["tokens"], data["roles"], data["offsets"]
     lens = offsets[ids + 1] - offsets[ids] - 1                                    # targets per example
     T = int(-(-lens.max() // pad_multiple) * pad_multiple)
     x = np.zeros((len(ids), T), dtype=np.int64)
     y = np.full((len(ids), T), -1, dtype=np.int64)
-    p = np.zeros((len(ids), T), dtype=bool)
+    r = np.full((len(ids), T), PAD_ROLE, dtype=np.uint8)
     for b, (i, L) in enumerate(zip(ids, lens)):
         o = offsets[i]
         x[b, :L] = tokens[o:o + L]
         y[b, :L] = tokens[o + 1:o + L + 1]
-        p[b, :L] = roles[o + 1:o + L + 1] == 0                                     # 0 = PROMPT
-    w = np.where(y < 0, 0.0, np.where(p, plw, 1.0)).astype(np.float32)
-    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w), torch.from_numpy(p)
+        r[b, :L] = roles[o + 1:o + L + 1]
+    w = np.choose(r, [plw, 1.0, text_weight, 0.0]).astype(np.float32)                # by role: PROMPT ... PAD_ROLE
+    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w), torch.from_numpy(r)
 
 
 def example_targets(data, ids):
-    """(targets, prompt targets) per example, (len(ids),) int64 each, from the data alone: identical on every rank,
-    no device sync."""
+    """(targets, prompt targets, plain-text targets) per example, (len(ids),) int64 each, from the data alone:
+    identical on every rank, no device sync."""
     o, roles = data["offsets"], data["roles"]
-    prompt = np.array([int((roles[o[i] + 1:o[i + 1]] == 0).sum()) for i in ids], dtype=np.int64)
-    return (o[ids + 1] - o[ids] - 1).astype(np.int64), prompt
+    prompt = np.array([int((roles[o[i] + 1:o[i + 1]] == PROMPT).sum()) for i in ids], dtype=np.int64)
+    text = np.array([int((roles[o[i] + 1:o[i + 1]] == TEXT).sum()) for i in ids], dtype=np.int64)
+    return (o[ids + 1] - o[ids] - 1).astype(np.int64), prompt, text
 
 
 def target_counts(data, ids):
     """(targets, prompt targets) of the examples together"""
-    n, prompt = example_targets(data, ids)
+    n, prompt, _ = example_targets(data, ids)
     return int(n.sum()), int(prompt.sum())
 
 

@@ -14,6 +14,10 @@ it and ":The", ":I", ":\n" are tokens (21,868 of 52,002 records, 42%). Stanford 
 as prompt, which makes such a merged token a prompt token; we do the same with either tokenizer and count how
 often it happens (`boundary_merges`).
 
+A record may instead be plain text, {"text": ...}: [BOS] + tok.encode(text) + [EOS], every target in the TEXT role
+(train.py weighs them by text_loss_weight). That is language-model data beside the instructions: the CPU study's
+domain control trains on a run's own prompts as such records.
+
 Truncation is Stanford's too: it tokenized prompt + output + "</s>" with truncation at model_max_length, keeping
 the first max_seq_len tokens, so a long example loses its EOS (and its prompt count is clipped to max_seq_len).
 
@@ -60,7 +64,7 @@ PROMPT_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:"
 )
-PROMPT, COMPLETION = 0, 1  # role codes, one uint8 per token
+PROMPT, COMPLETION, TEXT = 0, 1, 2  # role codes, one uint8 per token (TEXT: a plain-text record's tokens)
 FIELDS = ("instruction", "input", "output")
 FORMAT_VERSION = 1  # bump when the cached arrays change meaning: old cache files are then simply not found
 
@@ -154,15 +158,21 @@ def read_json_list(path):
     return records
 
 
-def load_records(path):
+def load_records(path, text=False):
     """A list of {instruction, input, output} dicts from an Alpaca-format file (see read_json_list); DataError
     when malformed. A missing `input` is read as "" (some Alpaca variants omit it); every other field must be a
-    string."""
+    string. With text=True a record may also be plain text, {"text": str} (training data only)."""
     out = []
     records = read_json_list(path)
     for i, r in enumerate(records):
         if not isinstance(r, dict):
             raise DataError(f"{path}: record {i} is a {type(r).__name__}, expected an object with {', '.join(FIELDS)}")
+        if text and "text" in r:
+            if set(r) != {"text"} or not isinstance(r["text"], str):
+                raise DataError(f"{path}: record {i} has a 'text' field: a plain-text record is {{\"text\": str}} "
+                                f"and nothing else")
+            out.append({"text": r["text"]})
+            continue
         r = {"input": "", **r}
         for k in FIELDS:
             if k not in r:
@@ -181,8 +191,9 @@ def tokenize(records, tokenizer, progress=False):
     tokens[offsets[i]:offsets[i+1]]; plus boundary_merges (int). Untruncated: truncation happens at load time."""
     from tqdm import tqdm
 
-    prompts = [format_prompt(r["instruction"], r["input"]) for r in records]
-    fulls = [p + r["output"] for p, r in zip(prompts, records)]
+    is_text = np.array(["text" in r for r in records], dtype=bool)  # plain-text records: no prompt, one role
+    prompts = ["" if t else format_prompt(r["instruction"], r["input"]) for r, t in zip(records, is_text)]
+    fulls = [r["text"] if t else p + r["output"] for p, r, t in zip(prompts, records, is_text)]
     # sentencepiece encodes a list on all cores, BPE in a loop with its merge cache; chunks feed the progress bar
     # and let Ctrl-C stop it (sentencepiece's batch encode swallows the KeyboardInterrupt; check_stop sees the
     # signal's record)
@@ -210,6 +221,7 @@ def tokenize(records, tokenizer, progress=False):
     n_prompt = 1 + np.minimum(p_len, f_len)
     pos = np.arange(offsets[-1]) - np.repeat(starts, lens)                          # position within its example
     roles = np.where(pos < np.repeat(n_prompt, lens), PROMPT, COMPLETION).astype(np.uint8)
+    roles[np.repeat(is_text, lens) & (pos > 0)] = TEXT                             # BOS stays PROMPT: never a target
     merges = sum(f[:len(p)] != p for p, f in zip(p_ids, f_ids))                     # the boundary token differs
     return {"tokens": tokens, "roles": roles, "offsets": offsets, "boundary_merges": int(merges)}
 
@@ -345,7 +357,7 @@ def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337,
             print(f"warning: ignoring unreadable cache {cache} ({e})", file=sys.stderr)
     hit = data is not None
     if not hit:
-        data = tokenize(load_records(src), tok, progress=verbose)
+        data = tokenize(load_records(src, text=True), tok, progress=verbose)
         try:
 
             def save(tmp):
@@ -363,20 +375,22 @@ def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337,
         val, v_cut, vt_cut = select(data, val_idx, max_seq_len)
         n_cut, t_cut = n_cut + v_cut, t_cut + vt_cut
     parts = [train] + ([val] if val is not None else [])
-    completion = sum(int(p["roles"].sum()) for p in parts)                         # COMPLETION == 1
+    completion = sum(int((p["roles"] == COMPLETION).sum()) for p in parts)
+    text = sum(int((p["roles"] == TEXT).sum()) for p in parts)
     tokens = sum(len(p["tokens"]) for p in parts)
-    prompt_only = sum(int((np.add.reduceat(p["roles"], p["offsets"][:-1]) == 0).sum()) for p in parts)
+    prompt_only = sum(int((np.add.reduceat(p["roles"] != PROMPT, p["offsets"][:-1]) == 0).sum()) for p in parts)
     report = {
         "source": str(src), "tokenizer": str(tok_file), "max_seq_len": max_seq_len, "seed": seed,
         "n_train": len(train_idx), "n_val": len(val_idx), "tokens": tokens,
-        "prompt_tokens": tokens - completion, "completion_tokens": completion,
+        "prompt_tokens": tokens - completion - text, "completion_tokens": completion, "text_tokens": text,
         "truncated_examples": n_cut, "truncated_tokens": t_cut, "prompt_only_examples": prompt_only,
         "boundary_merges": data["boundary_merges"], "cache": str(cache), "cache_hit": hit,
         "seconds": round(time.time() - t0, 3),
     }
     if verbose:
         print(f"data: {src.name}: {n:,} examples ({report['n_train']:,} train, {report['n_val']:,} val), "
-              f"{tokens:,} tokens ({report['prompt_tokens']:,} prompt, {completion:,} completion); "
+              f"{tokens:,} tokens ({report['prompt_tokens']:,} prompt, {completion:,} completion"
+              f"{f', {text:,} plain text' if text else ''}); "
               f"max_seq_len {max_seq_len} cut {n_cut:,} examples / {t_cut:,} tokens"
               f"{f' ({prompt_only} left without completion)' if prompt_only else ''}; "
               f"{data['boundary_merges']:,} boundary merges; cache {'hit' if hit else 'miss'}; "

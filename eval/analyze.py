@@ -26,11 +26,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python eval/analyze.py` finds util, eval
 
 from eval.betareg import beta_quadratic
-from eval.report import make_figures, markdown_logs, markdown_paired, markdown_table
+from eval.figures import make_figures
+from eval.paired import add_two_level, correct, load_records, paired_differences
+from eval.report import markdown_controls, markdown_logs, markdown_paired, markdown_table
 from eval.runtest import TEST_KEYS, run_level_test
 from eval.scores import (AGGREGATED, GROUPS, PAPER_GROUPS, aggregate, condition_key, group_members,
                          is_known_benchmark, load_scores, normalize_rows, relative_scores, run_aggregates, wp)
-from eval.stats import fit_quadratic, load_log, log_summary, null_fit, paired_differences
+from eval.stats import fit_quadratic, load_log, log_summary, null_fit
 from util import atomic_write, cli, write_json
 
 TESTED = ("all",) + tuple(PAPER_GROUPS)  # the groups the run-level test reports, always (a reason when empty)
@@ -193,22 +195,37 @@ def analyze(rows):
 # -----------------------------------------------------------------------------
 # command line
 
+def paired_analysis(rows, args):
+    """Paired differences against PLW 0 (every condition) and, with --control_ref, the controls against that PLW on
+    the primary measure; two-level intervals from --records; Holm within each family"""
+    paired = paired_differences(rows)
+    ref = []
+    if args.control_ref is not None and args.primary:
+        ref = [e for e in paired_differences(rows, args.control_ref)
+               if e["regularizer"] != "none" and e["benchmark"] == args.primary]
+    add_two_level(paired + ref, load_records(args.records) if args.records else None)
+    correct(paired + ref, args.primary, args.control_ref)
+    return paired, ref
+
+
 def run(args):
-    result = {}
-    notes = []
+    result, notes = {}, []
     if args.scores:
         rows = load_scores(args.scores)
         unknown = sorted({r["benchmark"] for r in rows if r.get("group") is None and not is_known_benchmark(r["benchmark"])})
         if unknown:
             notes.append(f"note: no group given for {', '.join(unknown)}; treated as 'gen' (set \"group\" in the scores)")
         result = analyze(rows)
-        paired = paired_differences(rows)
+        paired, ref = paired_analysis(rows, args)
         if any(p["ci"] for p in paired):
-            result["paired"] = paired
+            result["paired"], result["paired_ref"] = paired, ref
     if args.log:
         result["logs"] = {path: log_summary(load_log(path), args.window) for path in args.log}
     md = "\n".join(filter(None, [markdown_table(result) if "datasets" in result else "",
-                                 markdown_paired(result.get("paired")), markdown_logs(result.get("logs"))]))
+                                 markdown_paired(result.get("paired")),
+                                 markdown_controls(result.get("paired"), result.get("paired_ref"), args.primary,
+                                                   args.control_ref),
+                                 markdown_logs(result.get("logs"))]))
     for n in notes:
         print(n, file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else md, end="\n" if args.json else "")
@@ -217,15 +234,19 @@ def run(args):
         write_json(os.path.join(args.out, "fit.json"), result)
         written = [os.path.join(args.out, n) for n in ("table.md", "fit.json")]
         if "datasets" in result:
-            written += make_figures(result, args.out)
+            written += make_figures(result, args.out, args.title, args.primary, args.control_ref)
         print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Aggregates, quadratic fit, beta regression and critical PLW of a PLW "
-                                            "study, and its regularizer comparison.")
+    p = argparse.ArgumentParser(description="Aggregates, the run-level test, the paper's beta regression, paired "
+                                            "differences and the regularizer comparison of a PLW study.")
     p.add_argument("--scores", help="scores.jsonl written by the sweep")
+    p.add_argument("--records", help="records.jsonl written by the sweep: per-record numbers for two-level intervals")
+    p.add_argument("--primary", help="the primary measure (its comparisons with PLW 0 are the primary family)")
+    p.add_argument("--control_ref", type=float, help="the PLW whose gain the controls are compared with")
+    p.add_argument("--title", help="the study's name in the figures (default: the dataset)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of Markdown")
     p.add_argument("--out", help="directory for table.md, fit.json and the PNG figures")
     p.add_argument("--log", action="append", default=[], help="a training log.jsonl to report loss RSD for (repeatable)")
@@ -235,7 +256,7 @@ def main(argv=None):
         p.error("give --scores and/or --log")
     try:
         return run(args)
-    except (OSError, ValueError) as e:  # bad input: one line, no traceback (sweep.py and the tests call main)
+    except (OSError, ValueError, KeyError) as e:  # bad input: one line, no traceback (sweep.py and the tests call main)
         print(f"analyze.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
 

@@ -1,24 +1,29 @@
 """
-Held-out fit, overfitting, forgetting and the learned task, for the small-scale PLW study (README, "A small-scale
-study (CPU)"). Three subcommands:
+Held-out fit, overfitting, forgetting, the learned task and a multiple-choice task, for the small-scale PLW study
+(README, "A small-scale study (CPU)"). Three subcommands:
 
     python eval/heldout.py split --src data/samples/alpaca_2k_short.json --tokenizer tests/fixtures/stories260K \
-        --max_seq_len 512 --n_heldout 200 --n_train 300 --seed 0 --out docs/study/data
+        --max_seq_len 512 --n_heldout 500 --seed 0 --train_name pool.json --out docs/study/data
     python eval/heldout.py base_samples --model tests/fixtures/stories260K --n 64 --tokens 128 --seed 0 \
         --output docs/study/data/base_samples.json
-    python eval/heldout.py eval --model out/study_sweep/plw0_seed1 --train docs/study/data/train.json \
+    python eval/heldout.py base_samples --model tests/fixtures/stories260K --n 200 --tokens 128 --seed 1 \
+        --cloze_context 96 --cloze_k 4 --output docs/study/data/story_cloze.json
+    python eval/heldout.py eval --model out/study_sweep/plw0_seed1 --train out/study_sweep/data/train_seed1.json \
         --heldout docs/study/data/heldout.json --base_samples docs/study/data/base_samples.json \
-        --output out/study_sweep/plw0_seed1/eval_heldout.json
+        --cloze docs/study/data/story_cloze.json --output out/study_sweep/plw0_seed1/eval_heldout.json
 
 split: the records whose whole example (BOS + template + input + output + EOS, the model's own tokens, exactly
 data/prepare.py's tokenization) fits max_seq_len, so no record loses any completion token to truncation; then one
-permutation fixed by --seed (not the training seed): the first n_heldout are held out, the next n_train train.
-Writes train.json, heldout.json (Alpaca format, file order) and split.json (what was filtered; R_g in the model's
-own tokens with and without the template).
+permutation fixed by --seed (not the training seed): the first n_heldout are held out, the next n_train (0: all the
+rest, the pool a study's seeds draw from) are the training records. With --mc_n, also multiple-choice items
+(choice_items: the first --mc_n held-out records, each with its true completion and --mc_k - 1 other held-out
+records' completions). Writes the training records, heldout.json, heldout_mc.json (Alpaca format / items, file
+order) and split.json (what was filtered; R_g in the model's own tokens with and without the template).
 
 base_samples: n texts sampled from the base model (temperature 1, from BOS, a torch generator seeded with --seed),
 each exactly --tokens tokens (EOS is not allowed to end them early: it is masked out), stored as token ids, so
-every fine-tuned model is scored on the same tokens: the forgetting set.
+every fine-tuned model is scored on the same tokens: the forgetting set. With --cloze_context, a cloze made from
+the samples instead (cloze_items): a multiple-choice task in the base model's own domain.
 
 eval, per fine-tuned model (all losses: mean cross-entropy in nats per token, pooled over the tokens):
   heldout_nll         completion tokens (output + EOS) of the held-out records (the examples are data/prepare.py's)
@@ -26,10 +31,15 @@ eval, per fine-tuned model (all losses: mean cross-entropy in nats per token, po
   train_nll           completion tokens of the training records, measured the same way after training
   gap                 heldout_nll - train_nll: overfitting
   forget_nll          the base-model samples (every token after BOS): forgetting of the pre-training distribution
+  mc_acc, mc_acc_norm the multiple-choice items: pick the record's true instruction among k by log-likelihood as
+                      the continuation of its prompt (lm-eval's acc, and acc_norm = by ll / characters); chance 1/k
+  cloze_acc, _norm    a cloze in the base model's own domain (base_samples --cloze_context): pick a base sample's
+                      true continuation among k other samples' by log-likelihood after its context; chance 1/k
   exact_match, chrf   greedy prediction of the held-out instruction (the completion of an inverted record) from
                       its prompt, up to EOS or --max_new_tokens: exact match after stripping surrounding whitespace
                       (0-1), and corpus chrF (eval/chrf.py, 0-100) against the record's output
   gen_tokens_mean     mean new tokens of those predictions (EOS not counted)
+and under "records" the same per record (sums and counts of CE; 0/1 per item), for a bootstrap over records.
 """
 import argparse
 import json
@@ -43,7 +53,7 @@ import numpy as np
 import torch
 
 from data.batch import collate
-from data.prepare import COMPLETION, load_records, tokenize
+from data.prepare import COMPLETION, PROMPT, format_prompt, load_records, tokenize
 from eval.chrf import corpus_chrf
 from eval.generate import complete, load_model_and_tokenizer, prompt_ids
 from tokenizer import Tokenizer
@@ -54,7 +64,8 @@ from util import check_writable, cli, write_json
 # split
 
 def split(records, tokenizer, max_seq_len, n_heldout, n_train, seed):
-    """-> (train records, held-out records, report). Only records whose whole example fits max_seq_len."""
+    """-> (train records, held-out records, report). Only records whose whole example fits max_seq_len; n_train 0
+    keeps every fitting record that is not held out (the pool a study's seeds draw their training records from)."""
     data = tokenize(records, tokenizer)
     o, roles = data["offsets"], data["roles"]
     lens = np.diff(o)
@@ -63,6 +74,7 @@ def split(records, tokenizer, max_seq_len, n_heldout, n_train, seed):
     # cut at max_seq_len: an example whose first max_seq_len tokens hold no completion token trains nothing at PLW 0
     whole_lost = np.array([L > max_seq_len and not roles[s:s + max_seq_len].any() for L, s in zip(lens, o[:-1])])
     fits = np.flatnonzero(lens <= max_seq_len)
+    n_train = n_train or len(fits) - n_heldout
     if n_heldout < 1 or n_train < 1 or n_heldout + n_train > len(fits):
         raise ValueError(f"n_heldout ({n_heldout}) + n_train ({n_train}) must be positive and at most the "
                          f"{len(fits)} records that fit {max_seq_len} tokens")
@@ -110,48 +122,133 @@ def base_samples(model, tokenizer, n, tokens, seed):
     return [{"tokens": row, "text": tokenizer.decode(row[1:])} for row in x.tolist()]
 
 
+def cloze_items(samples, context, k, seed):
+    """A cloze in the base model's own domain, from base samples (base_samples, all the same length): keep each
+    sample's first `context` tokens after BOS, and choose its true continuation (the rest) among k: it and k - 1
+    other samples' continuations drawn with `seed`, in random order. Chance is 1/k."""
+    rng = np.random.default_rng(seed)
+    rest = [s["tokens"][1 + context:] for s in samples]
+    items = []
+    for i, s in enumerate(samples):
+        others = [int(j) for j in rng.permutation(len(samples)) if j != i][:k - 1]
+        choices = [rest[i]] + [rest[j] for j in others]
+        order = rng.permutation(k)
+        items.append({"context": s["tokens"][:1 + context], "choices": [choices[j] for j in order],
+                      "gold": int(np.flatnonzero(order == 0)[0])})
+    return items
+
+
+@torch.no_grad()
+def cloze_scores(model, tokenizer, items, batch_size=64):
+    """lm-eval's multiple-choice scoring of cloze items (token ids): each choice's log-likelihood after the context;
+    acc = the argmax is gold, acc_norm = the argmax of ll / the choice's length in characters (decoded) is gold
+    -> {"acc": (n,), "acc_norm": (n,)} of 0/1"""
+    device = model.lm_head.weight.device
+    model.eval()
+    seqs = [it["context"] + c for it in items for c in it["choices"]]
+    n_ctx = [len(it["context"]) for it in items for _ in it["choices"]]
+    ll = np.zeros(len(seqs))
+    for i in range(0, len(seqs), batch_size):
+        t = torch.tensor(seqs[i:i + batch_size], device=device)                            # (B, T), equal lengths
+        ce = model(t[:, :-1], targets=t[:, 1:]).double().cpu()                              # (B, T - 1)
+        for b in range(len(t)):
+            ll[i + b] = -float(ce[b, n_ctx[i + b] - 1:].sum())  # the targets from the first choice token on
+    acc, acc_norm, start = [], [], 0
+    for it in items:
+        k = len(it["choices"])
+        v, lens = ll[start:start + k], np.array([float(len(tokenizer.decode(c))) for c in it["choices"]])
+        acc.append(float(np.argmax(v) == it["gold"]))
+        acc_norm.append(float(np.argmax(v / np.maximum(lens, 1.0)) == it["gold"]))
+        start += k
+    return {"acc": np.array(acc), "acc_norm": np.array(acc_norm)}
+
+
 # -----------------------------------------------------------------------------
 # evaluation
 
 @torch.no_grad()
-def token_nll(model, data, batch_size=16):
-    """Mean CE over completion targets and over prompt targets of examples `data` (data/prepare.py's arrays)
-    -> (completion_nll, prompt_nll, completion_count, prompt_count)"""
+def record_nll(model, data, batch_size=16):
+    """Per example of `data` (data/prepare.py's arrays): the summed CE of its completion targets and of its prompt
+    targets, their counts, and the CE of its last target (the EOS) -> {"completion_sum", "completion_count",
+    "prompt_sum", "prompt_count", "eos"}, arrays (n,) in data order. A pooled NLL is sum / count over the examples;
+    a bootstrap resamples examples."""
     device = model.lm_head.weight.device
     model.eval()
     n = len(data["offsets"]) - 1
-    order = np.argsort(np.diff(data["offsets"]))
-    sums = np.zeros(2)
-    counts = np.zeros(2, dtype=np.int64)
+    order = np.argsort(np.diff(data["offsets"]))  # similar lengths together: little padding
+    out = {k: np.zeros(n) for k in ("completion_sum", "prompt_sum", "eos")}
+    out.update({k: np.zeros(n, dtype=np.int64) for k in ("completion_count", "prompt_count")})
     for i in range(0, n, batch_size):
         ids = order[i:i + batch_size]
-        x, y, _, p = collate(data, ids, 0.0)
-        x, y, p = x.to(device), y.to(device), p.to(device)
-        ce = model(x, targets=y).double()
-        valid = y >= 0
-        for k, m in enumerate((valid & ~p, valid & p)):
-            sums[k] += float(ce[m].sum())
-            counts[k] += int(m.sum())
-    return (float(sums[0] / counts[0]), float(sums[1] / counts[1]) if counts[1] else None, int(counts[0]),
-            int(counts[1]))
+        x, y, _, r = collate(data, ids, 0.0)
+        ce = model(x.to(device), targets=y.to(device)).double().cpu()                       # (B, T)
+        for role, name in ((COMPLETION, "completion"), (PROMPT, "prompt")):
+            m = r == role
+            out[f"{name}_sum"][ids] = (ce * m).sum(1).numpy()
+            out[f"{name}_count"][ids] = m.sum(1).numpy()
+        out["eos"][ids] = ce[torch.arange(len(ids)), (y >= 0).sum(1) - 1].numpy()
+    return out
 
 
 @torch.no_grad()
 def sample_nll(model, samples, batch_size=16):
-    """mean CE over every token after BOS of the base samples"""
+    """per base sample, the summed CE of every token after BOS -> (sums (n,), counts (n,))"""
     device = model.lm_head.weight.device
     model.eval()
-    total, count = 0.0, 0
+    sums = []
     for i in range(0, len(samples), batch_size):
         t = torch.tensor([s["tokens"] for s in samples[i:i + batch_size]], device=device)
-        ce = model(t[:, :-1], targets=t[:, 1:]).double()
-        total += float(ce.sum())
-        count += ce.numel()
-    return total / count
+        sums += model(t[:, :-1], targets=t[:, 1:]).double().sum(1).tolist()
+    return np.array(sums), np.array([len(s["tokens"]) - 1 for s in samples], dtype=np.int64)
 
 
-def evaluate(model, tokenizer, train_records, heldout_records, samples, max_new_tokens=48, batch_size=16,
-             progress=False):
+def choice_items(heldout_records, n, k, seed, tokenizer, max_seq_len):
+    """The held-out multiple-choice task: for each of the first n held-out records, its prompt and k choices, the
+    true completion (the record's output: the original instruction) and k - 1 other held-out records' outputs drawn
+    with `seed` among those that fit max_seq_len after this prompt, in random order. Chance is 1/k."""
+    rng = np.random.default_rng(seed)
+    outputs = [r["output"] for r in heldout_records]
+
+    def fits(r, text):  # the example as data/prepare.py builds it: BOS + tokens(prompt + text) + EOS
+        return len(tokenizer.encode(format_prompt(r["instruction"], r["input"]) + text)) + 2 <= max_seq_len
+    items = []
+    for r in heldout_records[:n]:
+        choices = [r["output"]]
+        for j in rng.permutation(len(outputs)):
+            if len(choices) == k:
+                break
+            if outputs[j] not in choices and fits(r, outputs[j]):
+                choices.append(outputs[j])
+        order = rng.permutation(k)
+        items.append({"instruction": r["instruction"], "input": r["input"],
+                      "choices": [choices[j] for j in order], "gold": int(np.flatnonzero(order == 0)[0])})
+    return items
+
+
+@torch.no_grad()
+def choice_scores(model, tokenizer, items, batch_size=16):
+    """lm-eval's multiple-choice scoring of items (choice_items): each choice's log-likelihood as the continuation
+    of the record's prompt, the example built as data/prepare.py builds it (the EOS is not part of the choice);
+    acc = the argmax is gold, acc_norm = the argmax of ll / len(choice) in characters is gold (lm-eval's acc_norm)
+    -> {"acc": (n,), "acc_norm": (n,)} of 0/1"""
+    flat = [{"instruction": it["instruction"], "input": it["input"], "output": c} for it in items for c in it["choices"]]
+    nll = record_nll(model, tokenize(flat, tokenizer), batch_size)
+    ll = -(nll["completion_sum"] - nll["eos"])  # without the EOS target: the continuation is the choice's text
+    acc, acc_norm, start = [], [], 0
+    for it in items:
+        k = len(it["choices"])
+        v = ll[start:start + k]
+        lens = np.array([float(len(c)) for c in it["choices"]])
+        acc.append(float(np.argmax(v) == it["gold"]))
+        acc_norm.append(float(np.argmax(v / lens) == it["gold"]))
+        start += k
+    return {"acc": np.array(acc), "acc_norm": np.array(acc_norm)}
+
+
+def evaluate(model, tokenizer, train_records, heldout_records, samples, mc_items=(), cloze=(), max_new_tokens=48,
+             batch_size=16, progress=False):
+    """Every measure of one fine-tuned model (the module docstring), pooled, and per record under "records" (held-out,
+    train, forgetting, the multiple-choice items) for the record-level bootstrap of the study's intervals."""
     t0 = time.perf_counter()
     held = tokenize(heldout_records, tokenizer)
     train = tokenize(train_records, tokenizer)
@@ -160,23 +257,40 @@ def evaluate(model, tokenizer, train_records, heldout_records, samples, max_new_
         if np.diff(d["offsets"]).max() > ctx:
             raise ValueError(f"a {name} record is longer than the model's context {ctx}: make the split with "
                              f"--max_seq_len {ctx} or less")
-    h_nll, h_pnll, h_n, _ = token_nll(model, held, batch_size * 4)
-    t_nll, t_pnll, t_n, _ = token_nll(model, train, batch_size * 4)
-    forget = sample_nll(model, samples, batch_size) if samples else None
+    h, t = record_nll(model, held, batch_size * 4), record_nll(model, train, batch_size * 4)
+    pooled = lambda d, role: float(d[f"{role}_sum"].sum() / max(d[f"{role}_count"].sum(), 1))  # noqa: E731
+    f_sum, f_count = sample_nll(model, samples, batch_size) if samples else (np.zeros(0), np.zeros(0, dtype=np.int64))
+    mc = choice_scores(model, tokenizer, list(mc_items), batch_size * 4) if mc_items else None
+    cz = cloze_scores(model, tokenizer, list(cloze), batch_size * 4) if cloze else None
     outs = complete(model, tokenizer, prompt_ids(tokenizer, heldout_records), max_new_tokens, batch_size * 2,
                     progress=progress)
     hyps = [c["text"] for c in outs]
     refs = [r["output"] for r in heldout_records]
     em = float(np.mean([h.strip() == r.strip() for h, r in zip(hyps, refs)]))
+    keep = ("completion_sum", "completion_count", "prompt_sum", "prompt_count")
+    records = {"heldout": {k: h[k].tolist() for k in keep}, "train": {k: t[k].tolist() for k in keep},
+               "forget": {"sum": f_sum.tolist(), "count": f_count.tolist()}}
+    for name, scores in (("mc", mc), ("cloze", cz)):
+        if scores is not None:
+            records[name] = {k: v.tolist() for k, v in scores.items()}
     return {
-        "heldout_nll": h_nll, "heldout_prompt_nll": h_pnll, "train_nll": t_nll, "train_prompt_nll": t_pnll,
-        "gap": h_nll - t_nll, "forget_nll": forget, "exact_match": em, "chrf": corpus_chrf(hyps, refs),
+        "heldout_nll": pooled(h, "completion"), "heldout_prompt_nll": pooled(h, "prompt"),
+        "train_nll": pooled(t, "completion"), "train_prompt_nll": pooled(t, "prompt"),
+        "gap": pooled(h, "completion") - pooled(t, "completion"),
+        "forget_nll": float(f_sum.sum() / f_count.sum()) if samples else None,
+        "mc_acc": float(mc["acc"].mean()) if mc is not None else None,
+        "mc_acc_norm": float(mc["acc_norm"].mean()) if mc is not None else None,
+        "cloze_acc": float(cz["acc"].mean()) if cz is not None else None,
+        "cloze_acc_norm": float(cz["acc_norm"].mean()) if cz is not None else None,
+        "exact_match": em, "chrf": corpus_chrf(hyps, refs),
         "gen_tokens_mean": float(np.mean([len(c["tokens"]) for c in outs])),
         "gen_hit_max_new_tokens": float(np.mean([not c["eos"] for c in outs])),
-        "n_heldout": len(heldout_records), "n_train": len(train_records), "heldout_completion_tokens": h_n,
-        "train_completion_tokens": t_n, "n_base_samples": len(samples or []), "max_new_tokens": max_new_tokens,
-        "seconds": time.perf_counter() - t0,
-        "samples": [{"reference": r, "generation": h} for r, h in zip(refs, hyps)],
+        "n_heldout": len(heldout_records), "n_train": len(train_records), "n_mc": len(mc_items),
+        "n_cloze": len(cloze),
+        "heldout_completion_tokens": int(h["completion_count"].sum()),
+        "train_completion_tokens": int(t["completion_count"].sum()), "n_base_samples": len(samples or []),
+        "max_new_tokens": max_new_tokens, "seconds": time.perf_counter() - t0,
+        "samples": [{"reference": r, "generation": g} for r, g in zip(refs, hyps)], "records": records,
     }
 
 
@@ -192,14 +306,21 @@ def main(argv=None):
     s.add_argument("--tokenizer", required=True, help="a tokenizer.model or a model directory")
     s.add_argument("--max_seq_len", type=int, default=512)
     s.add_argument("--n_heldout", type=int, default=300)
-    s.add_argument("--n_train", type=int, default=700)
+    s.add_argument("--n_train", type=int, default=0, help="training records (0: every fitting record not held out)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True, help="directory for train.json, heldout.json, split.json")
+    s.add_argument("--mc_n", type=int, default=0, help="held-out records made into multiple-choice items (0: none)")
+    s.add_argument("--mc_k", type=int, default=4, help="choices per item (chance = 1/k)")
+    s.add_argument("--train_name", default="train.json", help="file name of the training records")
+    s.add_argument("--out", required=True, help="directory for the training records, heldout.json, heldout_mc.json "
+                                                "and split.json")
     b = sub.add_parser("base_samples", help="sample the forgetting set from the base model")
     b.add_argument("--model", required=True)
     b.add_argument("--n", type=int, default=64)
     b.add_argument("--tokens", type=int, default=128)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--cloze_context", type=int, default=0,
+                   help="> 0: write a cloze from the samples instead: this many context tokens, the rest to choose")
+    b.add_argument("--cloze_k", type=int, default=4, help="choices per cloze item (chance = 1/k)")
     b.add_argument("--output", required=True)
     e = sub.add_parser("eval", help="held-out NLL, train NLL, forgetting NLL, exact match and chrF")
     e.add_argument("--model", required=True)
@@ -207,6 +328,8 @@ def main(argv=None):
     e.add_argument("--train_n", type=int, default=0, help="the first N training records, file order (0: all)")
     e.add_argument("--heldout", required=True)
     e.add_argument("--base_samples", default="")
+    e.add_argument("--mc", default="", help="multiple-choice items (split's heldout_mc.json; \"\" = none)")
+    e.add_argument("--cloze", default="", help="cloze items (base_samples --cloze_context; \"\" = none)")
     e.add_argument("--max_new_tokens", type=int, default=48)
     e.add_argument("--batch_size", type=int, default=16)
     e.add_argument("--device", default="cpu")
@@ -220,7 +343,12 @@ def main(argv=None):
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         report["src"] = str(args.src)
-        for name, recs in (("train.json", train), ("heldout.json", held)):
+        files = [(args.train_name, train), ("heldout.json", held)]
+        if args.mc_n > 0:
+            items = choice_items(held, args.mc_n, args.mc_k, args.seed, Tokenizer(args.tokenizer), args.max_seq_len)
+            report.update(mc_n=len(items), mc_k=args.mc_k, mc_seed=args.seed)
+            files.append(("heldout_mc.json", items))
+        for name, recs in files:
             (out / name).write_text(json.dumps(recs, indent=4))
         write_json(out / "split.json", report, indent=1)
         print(json.dumps(report, indent=1))
@@ -230,19 +358,30 @@ def main(argv=None):
         model, tok = load_model_and_tokenizer(args.model, "cpu", "float32")
         torch.manual_seed(args.seed)
         samples = base_samples(model, tok, args.n, args.tokens, args.seed)
-        write_json(args.output, {"model": str(args.model), "n": args.n, "tokens": args.tokens, "seed": args.seed,
-                                 "temperature": 1.0, "samples": samples}, indent=1)
+        meta = {"model": str(args.model), "n": args.n, "tokens": args.tokens, "seed": args.seed, "temperature": 1.0}
+        if args.cloze_context > 0:
+            if not 0 < args.cloze_context < args.tokens:
+                raise ValueError(f"--cloze_context must be in (0, --tokens {args.tokens}), got {args.cloze_context}")
+            items = cloze_items(samples, args.cloze_context, args.cloze_k, args.seed)
+            write_json(args.output, {**meta, "context": args.cloze_context, "k": args.cloze_k, "items": items},
+                       indent=None)
+            print(f"wrote {args.output}: {len(items)} cloze items, {args.cloze_context} context tokens, "
+                  f"{args.cloze_k} choices of {args.tokens - args.cloze_context} tokens")
+            return 0
+        write_json(args.output, {**meta, "samples": samples}, indent=1)
         print(f"wrote {args.output}: {args.n} samples of {args.tokens} tokens; first: {samples[0]['text'][:200]!r}")
         return 0
     model, tok = load_model_and_tokenizer(args.model, args.device, "float32")
     samples = json.loads(Path(args.base_samples).read_text())["samples"] if args.base_samples else []
     train = load_records(args.train)
-    res = evaluate(model, tok, train[:args.train_n] if args.train_n > 0 else train, load_records(args.heldout), samples, args.max_new_tokens,
-                   args.batch_size)
+    items = json.loads(Path(args.mc).read_text()) if args.mc else []
+    cloze = json.loads(Path(args.cloze).read_text())["items"] if args.cloze else []
+    res = evaluate(model, tok, train[:args.train_n] if args.train_n > 0 else train, load_records(args.heldout),
+                   samples, items, cloze, args.max_new_tokens, args.batch_size)
     res = {"model": str(args.model), "train": args.train, "heldout": args.heldout,
-           "base_samples": args.base_samples, **res}
-    write_json(args.output, res, indent=1)
-    print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items() if k != "samples"})
+           "base_samples": args.base_samples, "mc": args.mc, **res}
+    write_json(args.output, res, indent=None)  # one line: it carries every record's numbers
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items() if k not in ("samples", "records")})
     return 0
 
 

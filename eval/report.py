@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from eval.betareg import Z95
+from eval.paired import condition_label
 from eval.scores import DEFAULT_DATASET, PAPER_GROUPS, wp
 from eval.stats import LOG_KEYS
 from util import atomic_write
@@ -151,48 +152,89 @@ def markdown_table(result):
     return "\n".join(lines)
 
 
+def _cell_ci(e, key):
+    """'+0.012 [+0.003, +0.021]' with † when it survives Holm in its family (two-level cells), * when it excludes 0"""
+    ci = e.get(key)
+    if ci is None:
+        return f"{e['diff']:+.3g}"
+    mark = ("†" if e.get("survives") else "") if key == "ci2" else ("*" if ci[0] > 0 or ci[1] < 0 else "")
+    return f"{e['diff']:+.3g} [{ci[0]:+.3g}, {ci[1]:+.3g}]{mark}"
+
+
+def _paired_table(ps, plws, benches, key, get):
+    rows = ["| measure | " + " | ".join(f"PLW {p:g}" for p in plws) + " |", "|---|" + "---:|" * len(plws)]
+    for b in benches:
+        rows.append(f"| {b} | " + " | ".join("-" if (b, p) not in get else _cell_ci(get[b, p], key) for p in plws)
+                    + " |")
+    return rows
+
+
 def markdown_paired(paired, baseline=0.0):
-    """Two tables per dataset (and model): the raw mean ± sd over seeds per PLW, and the paired difference against
-    PLW `baseline` with its 95% t interval; * marks an interval that excludes zero."""
-    if not paired:
+    """Per dataset (and model): the raw mean ± sd over seeds per plain PLW; the paired difference against PLW
+    `baseline` with its seed-only 95% t interval; and with the two-level interval and Holm's correction."""
+    plain = [p for p in paired or [] if p["regularizer"] == "none"]
+    if not plain:
         return ""
     lines = []
-    keys = sorted({(p["dataset"], p["model"]) for p in paired})
-    for d, m in keys:
-        ps = [p for p in paired if (p["dataset"], p["model"]) == (d, m)]
+    for d, m in sorted({(p["dataset"], p["model"]) for p in plain}):
+        ps = [p for p in plain if (p["dataset"], p["model"]) == (d, m)]
         plws = sorted({p["plw"] for p in ps})
         benches = list(dict.fromkeys(p["benchmark"] for p in ps))
         get = {(p["benchmark"], p["plw"]): p for p in ps}
         seeds = sorted({p["seeds"] for p in ps})
-        title = f"### {d}" + (f" ({m})" if m else "") + ": paired differences vs PLW " + f"{baseline:g}"
-        lines += [title, "", f"Mean ± sd over seeds ({'/'.join(map(str, seeds))} seeds per PLW):", "",
-                  "| benchmark | " + " | ".join(f"PLW {p:g}" for p in plws) + " |", "|---|" + "---:|" * len(plws)]
+        lines += [f"### {d}" + (f" ({m})" if m else "") + f": paired differences vs PLW {baseline:g}", "",
+                  f"Mean ± sd over seeds ({'/'.join(map(str, seeds))} seeds per PLW; ↓ lower is better):", "",
+                  "| measure | " + " | ".join(f"PLW {p:g}" for p in plws) + " |", "|---|" + "---:|" * len(plws)]
         for b in benches:
-            cells = []
-            for p in plws:
-                e = get.get((b, p))
-                cells.append("-" if e is None else f"{e['mean']:.4g}" + (f" ± {e['sd']:.2g}" if e["sd"] is not None
-                                                                          else ""))
-            arrow = "" if get[(b, next(p for p in plws if (b, p) in get))]["higher_is_better"] else " ↓"
+            cells = ["-" if (b, p) not in get else f"{get[b, p]['mean']:.4g}"
+                     + (f" ± {get[b, p]['sd']:.2g}" if get[b, p]["sd"] is not None else "") for p in plws]
+            arrow = "" if next(get[b, p] for p in plws if (b, p) in get)["higher_is_better"] else " ↓"
             lines.append(f"| {b}{arrow} | " + " | ".join(cells) + " |")
         others = [p for p in plws if p != baseline]
-        lines += ["", f"Difference from PLW {baseline:g} with the same seed, mean [95% CI] "
-                  "(t interval over seeds, n − 1 df; * the interval excludes zero):", "",
-                  "| benchmark | " + " | ".join(f"PLW {p:g}" for p in others) + " |", "|---|" + "---:|" * len(others)]
-        for b in benches:
-            cells = []
-            for p in others:
-                e = get.get((b, p))
-                if e is None:
-                    cells.append("-")
-                elif e["ci"] is None:
-                    cells.append(f"{e['diff']:+.3g}")
-                else:
-                    cells.append(f"{e['diff']:+.3g} [{e['ci'][0]:+.3g}, {e['ci'][1]:+.3g}]"
-                                 + ("*" if e["excludes_zero"] else ""))
-            lines.append(f"| {b} | " + " | ".join(cells) + " |")
+        lines += ["", f"Difference from PLW {baseline:g} with the same seed, mean [95% CI], seed-only (t over seeds, "
+                      f"n − 1 df; * excludes zero):", ""] + _paired_table(ps, others, benches, "ci", get)
+        if any(p.get("ci2") for p in ps):
+            lines += ["", "The same, two-level 95% CI (seeds, plus a bootstrap over the evaluation's records where "
+                          "every seed shares them; † survives Holm's correction at 5% in its family):", ""]
+            lines += _paired_table(ps, others, benches, "ci2", get)
+            lines += ["", "Families: " + "; ".join(sorted({f"{p['family']} ({p['family_size']} comparisons)"
+                                                           for p in ps if p.get("family")}))]
         lines.append("")
     return "\n".join(lines)
+
+
+def control_verdict(c0, cref, ref):
+    """Does the control reproduce the reference PLW's gain over PLW 0? (the rule of docs/analysis.md)"""
+    if c0 is None or cref is None or ref is None or not c0.get("family"):
+        return "-"
+    better = (lambda e: e["diff"] > 0) if c0["higher_is_better"] else (lambda e: e["diff"] < 0)  # noqa: E731
+    if not (c0["survives"] and better(c0)):
+        return "no gain over PLW 0"
+    if not cref["survives"]:
+        return f"a gain; not distinguishable from PLW {ref['plw']:g}'s"
+    return f"a gain, {'larger' if better(cref) else 'smaller'} than PLW {ref['plw']:g}'s"
+
+
+def markdown_controls(paired, paired_ref, primary, control_ref):
+    """The controls table: each control's primary measure against PLW 0 and against PLW control_ref (two-level
+    intervals, Holm in the controls family), with the verdict of control_verdict"""
+    controls = [e for e in paired or [] if e["regularizer"] != "none" and e["benchmark"] == primary]
+    if not controls:
+        return ""
+    ref = next((e for e in paired if e["regularizer"] == "none" and e["plw"] == control_ref
+                and e["benchmark"] == primary), None)
+    vs_ref = {(e["regularizer"], e["reg_value"], e["plw"]): e for e in paired_ref or []}
+    lines = [f"Controls on {primary} (mean ± sd over seeds; Δ = difference with the same seed, two-level 95% CI, "
+             f"Holm p within the controls family):", "",
+             f"| condition | {primary} | Δ vs PLW 0 | p (Holm) | Δ vs PLW {control_ref:g} | p (Holm) | verdict |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for e in ([ref] if ref else []) + controls:
+        r = vs_ref.get((e["regularizer"], e["reg_value"], e["plw"]))
+        lines.append(f"| {condition_label(e)} | {e['mean']:.4g} ± {e['sd']:.2g} | {_cell_ci(e, 'ci2')} | "
+                     f"{_fmt(e.get('p_holm'), '.2g')} | {_cell_ci(r, 'ci2') if r else '-'} | "
+                     f"{_fmt(r.get('p_holm') if r else None, '.2g')} | "
+                     f"{'the reference' if e is ref else control_verdict(e, r, ref)} |")
+    return "\n".join(lines + [""])
 
 
 def markdown_logs(logs):
@@ -206,151 +248,4 @@ def markdown_logs(logs):
         lines.append(f"| {path} | " + " | ".join(_fmt(s[f'{k}_rsd']) for k in LOG_KEYS) + f" | {s['windows']} |")
     return "\n".join(lines) + "\n"
 
-
-# -----------------------------------------------------------------------------
-# files and figures
-
-def _slug(name):
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def _plw_axis(ax, table):
-    # w_p below, the PLW each grid point came from on top: the fit lives in w_p, the knob people set is PLW
-    plws = sorted({e["plw"] for e in table})
-    top = ax.twiny()
-    top.set_xlim(ax.get_xlim())
-    top.set_xticks([wp(p) for p in plws])
-    top.set_xticklabels([f"{p:g}" for p in plws], fontsize=9, rotation=90)
-    top.set_xlabel("PLW")
-    ax.set_xlabel("w_p = PLW^log10(2)")
-
-
-def fit_figure(Figure, d, res):
-    """Each run's relative aggregate vs w_p, the condition means, and the run-level fit drawn with its p-value:
-    solid with its critical PLW and Fieller interval when b2 < 0 is significant, dashed and marked untested if not"""
-    table, t = res["table"], res["test"]["all"]
-    fig = Figure(figsize=(6.4, 4.6), layout="constrained")  # constrained: room for the twin PLW axis
-    ax = fig.add_subplot()
-    for j, m in enumerate(sorted({e["model"] for e in table})):
-        pts = [(e["wp"], e["relative"]) for e in table if e["model"] == m and e["relative"] is not None]
-        ax.plot(*zip(*pts), "o", color=f"C{j}", ms=5, label=f"{m + ': ' if m else ''}mean over seeds")
-        if t["b2"] is not None:
-            xs = np.linspace(*t["grid_wp"], 201)
-            significant = t["p_quadratic"] < 0.05 and t["concave"]
-            ax.plot(xs, t["offsets"][m] + t["b1"] * xs + t["b2"] * xs ** 2, "-" if significant else "--",
-                    color=f"C{j}", lw=1.5, label=f"run-level fit, p_quadratic = {t['p_quadratic']:.2g}"
-                    + ("" if significant else " (not significant: untested)") if j == 0 else None)
-    if t["b2"] is not None and t["p_quadratic"] < 0.05 and t["concave"] and t["ci_kind"] == "bounded":
-        ax.axvline(t["vertex_wp"], ls=":", color="gray", lw=1, label=f"critical PLW = {t['critical_plw']:.3g}")
-        ax.axvspan(*t["ci_wp"], color="gray", alpha=0.12, label="95% Fieller interval")
-    ax.set_ylabel("relative aggregate (min-max per benchmark, averaged)", fontsize=10)
-    ax.tick_params(labelsize=9)
-    ax.legend(fontsize=9)
-    ax.grid(alpha=0.3)
-    _plw_axis(ax, table)
-    fig.suptitle(f"{d}: relative aggregate over all benchmarks vs PLW", fontsize=11)
-    return fig
-
-
-def mechanism_figure(Figure, d, res, mech):
-    """each mechanism metric vs PLW, one line per base model"""
-    table = res["table"]
-    cols = min(4, len(mech))  # a grid, so that many metrics stay readable
-    rows = -(-len(mech) // cols)
-    fig = Figure(figsize=(3.6 * cols, 3.4 * rows), layout="constrained")
-    for i, name in enumerate(mech):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        for j, m in enumerate(sorted({e["model"] for e in table})):
-            pts = [(e["wp"], e["scores"][name]) for e in table if e["model"] == m and name in e["scores"]]
-            if pts:
-                ax.plot(*zip(*pts), "o-", color=f"C{j + 2}", ms=4, label=m or None)
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        _plw_axis(ax, table)
-    fig.suptitle(f"{d}: mechanism metrics vs PLW", fontsize=10)
-    return fig
-
-
-def regularizer_figure(Figure, d, regs):
-    """the paper's Fig. 8: each regularizer variant's relative aggregate beside plain PLW 0, 1 and the best PLW"""
-    fig = Figure(figsize=(6.4, 0.9 + 0.32 * len(regs)), layout="constrained")
-    ax = fig.add_subplot()
-    y = np.arange(len(regs))[::-1]
-    labels = [(f"{r['model']}: " if r["model"] else "") + r["label"] + ("" if r["label"].startswith(("PLW", "best"))
-                                                                         else f" @ PLW {r['plw']:g}") for r in regs]
-    ax.barh(y, [r["relative"] for r in regs], xerr=[r["sd"] or 0 for r in regs],
-            color=["gray" if r["regularizer"] == "none" else "tab:blue" for r in regs])
-    ax.set_yticks(y)
-    ax.set_yticklabels(labels, fontsize=8)
-    ax.set_xlabel("relative aggregate (± sd over seeds)")
-    ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(f"{d}: regularizers vs PLW", fontsize=10)
-    return fig
-
-
-def paired_figures(Figure, d, paired):
-    """(metrics figure, differences figure) of one dataset: each benchmark vs w_p with every seed's score and the
-    mean; and its difference from PLW 0 with the 95% t interval."""
-    benches = list(dict.fromkeys(p["benchmark"] for p in paired))
-    cols = min(4, len(benches))
-    rows = -(-len(benches) // cols)
-    figs = []
-    for kind in ("metrics", "paired"):
-        fig = Figure(figsize=(3.6 * cols, 3.0 * rows), layout="constrained")
-        for i, b in enumerate(benches):
-            ax = fig.add_subplot(rows, cols, i + 1)
-            for j, m in enumerate(sorted({p["model"] for p in paired})):
-                ps = sorted((p for p in paired if p["benchmark"] == b and p["model"] == m), key=lambda p: p["plw"])
-                x = [wp(p["plw"]) for p in ps]
-                if kind == "metrics":
-                    lo = [p["mean"] - (p["sd"] or 0) for p in ps]
-                    hi = [p["mean"] + (p["sd"] or 0) for p in ps]
-                    ax.fill_between(x, lo, hi, color=f"C{j}", alpha=0.2, lw=0)
-                    ax.plot(x, [p["mean"] for p in ps], "o-", color=f"C{j}", ms=3.5)
-                else:
-                    err = np.array([[p["diff"] - p["ci"][0], p["ci"][1] - p["diff"]] if p["ci"] else [0, 0]
-                                    for p in ps]).T
-                    ax.errorbar(x, [p["diff"] for p in ps], yerr=err, fmt="o-", color=f"C{j}", ms=3.5, capsize=3)
-                    ax.axhline(0, color="gray", lw=0.8)
-            ax.set_title(b + ("" if ps[0]["higher_is_better"] else " ↓") + (" − PLW 0" if kind == "paired" else ""),
-                         fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.set_xlabel("w_p = PLW^log10(2)", fontsize=8)
-            ax.set_xticks([wp(p) for p in sorted({p["plw"] for p in paired})])
-            ax.set_xticklabels([f"{p:g}" for p in sorted({p["plw"] for p in paired})], fontsize=6, rotation=90)
-        fig.suptitle(f"{d}: " + ("mean ± sd over seeds vs PLW (x: PLW at w_p spacing)" if kind == "metrics" else
-                                 "difference from PLW 0 (same seed), 95% t interval over seeds"), fontsize=10)
-        figs.append(fig)
-    return figs
-
-
-def make_figures(result, out_dir):
-    """
-    PNGs per dataset: fit_<dataset>.png (relative aggregate, per group, and their fitted quadratics vs w_p),
-    mechanism_<dataset>.png when there are mechanism rows (each vs PLW) and regularizers_<dataset>.png when there
-    are regularizer runs (the paper's Fig. 8). Returns the paths written, or [] with a one-line note on stderr when
-    matplotlib is not installed.
-    """
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no global backend or figure state to leak
-    except ImportError:
-        print("note: matplotlib is not installed, no figures (pip install matplotlib)", file=sys.stderr)
-        return []
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for d, res in result["datasets"].items():
-        mech = [b for b, m in res["benchmarks"].items() if m["group"] == "mechanism"]
-        figs = [(f"fit_{_slug(d)}.png", fit_figure(Figure, d, res))]
-        figs += [(f"mechanism_{_slug(d)}.png", mechanism_figure(Figure, d, res, mech))] if mech else []
-        figs += [(f"regularizers_{_slug(d)}.png", regularizer_figure(Figure, d, res["regularizers"]))
-                 ] if res["regularizers"] else []
-        paired = [p for p in result.get("paired") or [] if p["dataset"] == d]
-        if paired and any(p["ci"] for p in paired):
-            mfig, pfig = paired_figures(Figure, d, paired)
-            figs += [(f"metrics_{_slug(d)}.png", mfig), (f"paired_{_slug(d)}.png", pfig)]
-        for name, fig in figs:
-            path = os.path.join(out_dir, name)
-            atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-            written.append(path)
-    return written
 

@@ -17,7 +17,9 @@ DEFAULT_DATASET = "default"
 GROUPS = ("mc", "short_gen", "long_gen", "gen", "mechanism")
 AGGREGATED = GROUPS[:-1]  # mechanisms are reported beside the benchmarks, never aggregated
 PAPER_GROUPS = {"I": ("mc", "short_gen"), "II": ("long_gen",)}
-REGULARIZERS = ("none", "weight_decay", "dropout", "label_smoothing", "minkowski")
+# the paper's regularizers, then the CPU study's controls (sweep.py: a lower learning rate, fewer steps, the prompts
+# as plain text records at text_loss_weight = reg_value)
+REGULARIZERS = ("none", "weight_decay", "dropout", "label_smoothing", "minkowski", "learning_rate", "max_iters", "domain")
 CONDITION = ("dataset", "model", "regularizer", "reg_value", "plw")  # + seed = one run
 
 # names infer_group recognizes; any other name falls back to "gen"

@@ -1,7 +1,7 @@
 """
-The statistics of a PLW study beside the run-level test (runtest.py) and the paper's beta regression (betareg.py):
-paired differences against PLW 0 with t intervals over seeds, the least-squares quadratic in w_p (a picture, not a
-test), and the training-loss RSD of the paper's stability mechanism. Definitions: docs/analysis.md.
+The statistics of a PLW study beside the run-level test (runtest.py), the paper's beta regression (betareg.py) and
+the paired comparisons (paired.py): t and F tails, the least-squares quadratic in w_p (a picture, not a test), and
+the training-loss RSD of the paper's stability mechanism. Definitions: docs/analysis.md.
 """
 import math
 
@@ -65,50 +65,6 @@ def t975(df):
     if not isinstance(df, (int, np.integer)) or df < 1:
         raise ValueError(f"degrees of freedom must be a positive integer, got {df!r}")
     return t_quantile(0.975, df)
-
-
-# -----------------------------------------------------------------------------
-# paired differences against PLW 0 across seeds
-
-def paired_differences(rows, baseline=0.0):
-    """
-    For each plain-PLW condition (regularizer none) and benchmark, the score minus the same seed's score at PLW
-    `baseline` (same dataset, model, benchmark), with a 95% t interval over seeds: mean ± t_{0.975, n-1} · sd / √n
-    (sd: the seeds' sample sd of the differences, ddof 1; no interval for one seed). Returns
-    [{"dataset", "model", "benchmark", "group", "higher_is_better", "plw", "seeds", "mean", "sd", "base_mean",
-    "diff", "diff_sd", "ci": [lo, hi] | None, "excludes_zero": bool | None}] ("mean"/"sd": the raw scores over
-    the paired seeds), baseline rows first (diff 0, no interval); conditions without the baseline are left out.
-    """
-    rows = [r for r in normalize_rows(rows) if r["regularizer"] == "none"]
-    cells = {}
-    for r in rows:
-        cells.setdefault((r["dataset"], r["model"], r["benchmark"]), {}).setdefault(r["plw"], {})[r["seed"]] = r
-    out = []
-    for (d, m, b), by_plw in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], GROUPS.index(
-            next(iter(next(iter(kv[1].values())).values()))["group"]), kv[0][2])):
-        base = by_plw.get(baseline)
-        if base is None:
-            continue
-        for plw in sorted(by_plw):
-            seeds = sorted(set(by_plw[plw]) & set(base))
-            if not seeds:
-                continue
-            x = np.array([by_plw[plw][s]["score"] for s in seeds])
-            x0 = np.array([base[s]["score"] for s in seeds])
-            diff = x - x0
-            n = len(seeds)
-            sd = float(diff.std(ddof=1)) if n > 1 else None
-            ci = None
-            if n > 1 and plw != baseline:
-                half = t975(n - 1) * sd / math.sqrt(n)
-                ci = [float(diff.mean() - half), float(diff.mean() + half)]
-            first = by_plw[plw][seeds[0]]
-            out.append({"dataset": d, "model": m, "benchmark": b, "group": first["group"],
-                        "higher_is_better": first["higher_is_better"], "plw": plw, "seeds": n,
-                        "mean": float(x.mean()), "sd": float(x.std(ddof=1)) if n > 1 else None,
-                        "base_mean": float(x0.mean()), "diff": float(diff.mean()), "diff_sd": sd, "ci": ci,
-                        "excludes_zero": None if ci is None else bool(ci[0] > 0 or ci[1] < 0)})
-    return out
 
 
 # -----------------------------------------------------------------------------

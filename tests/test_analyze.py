@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from eval.analyze import analyze, main
-from eval.report import make_figures, markdown_table
+from eval.figures import make_figures
+from eval.report import markdown_table
 from eval.scores import PAPER_PLWS, aggregate, infer_group, normalize_rows, plw_from_wp, relative_scores, wp
 from eval.stats import fit_quadratic, load_log, loss_rsd
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import ROOT, STORIES
 from data.prepare import format_prompt, tokenize
-from eval import analyze, heldout, report, scores, stats
+from eval import analyze, heldout, paired, report, scores, stats
 from eval.betareg import Z95
 from eval.generate import load_model_and_tokenizer
 import sweep
@@ -56,24 +56,63 @@ def test_split_keeps_whole_examples_and_a_seed_fixed_disjoint_held_out_set(stori
     assert rep["train"]["rg_template"] == pytest.approx(comp.mean() / (np.diff(t["offsets"]) - comp).mean())
 
 
-def test_token_nll_is_the_mean_ce_of_completion_targets(stories):
+def manual_ce(model, tok, r, output=None):
+    """(per-target CE of [BOS] + prompt + output + [EOS], number of prompt tokens incl. BOS), from the model's logits"""
+    prompt = format_prompt(r["instruction"], r["input"])
+    p = tok.encode(prompt, bos=True)
+    full = tok.encode(prompt + (r["output"] if output is None else output), bos=True) + [tok.eos_id]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([full[:-1]]))[0].double(), -1)
+    return -logp[torch.arange(len(full) - 1), torch.tensor(full[1:])], len(p)
+
+
+def test_record_nll_is_each_records_ce_of_completion_and_prompt_targets(stories):
     model, tok = stories
     recs = records(5)
-    data = tokenize(recs, tok)
-    comp, prompt, n_comp, n_prompt = heldout.token_nll(model, data, batch_size=2)
-    total, count, ptotal, pcount = 0.0, 0, 0.0, 0
+    got = heldout.record_nll(model, tokenize(recs, tok), batch_size=2)
+    for i, r in enumerate(recs):
+        ce, n_p = manual_ce(model, tok, r)
+        assert got["completion_count"][i] == len(ce) - (n_p - 1) and got["prompt_count"][i] == n_p - 1
+        assert got["completion_sum"][i] == pytest.approx(float(ce[n_p - 1:].sum()), rel=1e-5)  # output + EOS
+        assert got["prompt_sum"][i] == pytest.approx(float(ce[:n_p - 1].sum()), rel=1e-5)
+        assert got["eos"][i] == pytest.approx(float(ce[-1]), rel=1e-5)
+
+
+def test_choice_scores_are_lm_evals_acc_and_acc_norm(stories):
+    model, tok = stories
+    recs = records(6)
+    items = heldout.choice_items(recs, 4, 3, seed=0, tokenizer=tok, max_seq_len=512)
+    assert all(it["choices"][it["gold"]] == r["output"] and len(set(it["choices"])) == 3 for it, r in zip(items, recs))
+    got = heldout.choice_scores(model, tok, items, batch_size=5)
+    for i, it in enumerate(items):
+        # lm-eval: the log-likelihood of the continuation (the choice's tokens, without EOS) after the context
+        ll = []
+        for c in it["choices"]:
+            ce, n_p = manual_ce(model, tok, {**it, "output": c}, c)
+            ll.append(-float(ce[n_p - 1:-1].sum()))
+        ll = np.array(ll)
+        assert got["acc"][i] == float(np.argmax(ll) == it["gold"])
+        assert got["acc_norm"][i] == float(np.argmax(ll / [len(c) for c in it["choices"]]) == it["gold"])
+
+
+def test_story_cloze_items_and_scores(stories):
+    model, tok = stories
+    samples = heldout.base_samples(model, tok, 6, 12, seed=2)
+    items = heldout.cloze_items(samples, 8, 3, seed=1)
+    for s, it in zip(samples, items):
+        assert it["context"] == s["tokens"][:9] and it["choices"][it["gold"]] == s["tokens"][9:]
+        assert len(it["choices"]) == 3 and all(len(c) == 4 for c in it["choices"])
+    got = heldout.cloze_scores(model, tok, items, batch_size=4)
     with torch.no_grad():
-        for r in recs:
-            p = tok.encode(format_prompt(r["instruction"], r["input"]), bos=True)
-            full = tok.encode(format_prompt(r["instruction"], r["input"]) + r["output"], bos=True) + [tok.eos_id]
-            logp = torch.log_softmax(model(torch.tensor([full[:-1]]))[0].double(), -1)
-            ce = -logp[torch.arange(len(full) - 1), torch.tensor(full[1:])]
-            total += float(ce[len(p) - 1:].sum())   # targets from the first output token on, EOS included
-            count += len(full) - len(p)
-            ptotal += float(ce[:len(p) - 1].sum())
-            pcount += len(p) - 1
-    assert n_comp == count and n_prompt == pcount
-    assert comp == pytest.approx(total / count, rel=1e-5) and prompt == pytest.approx(ptotal / pcount, rel=1e-5)
+        for i, it in enumerate(items):
+            ll = []
+            for c in it["choices"]:
+                t = torch.tensor([it["context"] + c])
+                logp = torch.log_softmax(model(t[:, :-1])[0].double(), -1)
+                ll.append(float(logp[torch.arange(8, 12), t[0, 9:]].sum()))
+            assert got["acc"][i] == float(np.argmax(ll) == it["gold"])
+            lens = [max(len(tok.decode(c)), 1) for c in it["choices"]]
+            assert got["acc_norm"][i] == float(np.argmax(np.array(ll) / lens) == it["gold"])
 
 
 def test_base_samples_are_fixed_by_the_seed_and_scored_on_their_tokens(stories):
@@ -81,11 +120,12 @@ def test_base_samples_are_fixed_by_the_seed_and_scored_on_their_tokens(stories):
     a = heldout.base_samples(model, tok, 2, 6, seed=3)
     assert a == heldout.base_samples(model, tok, 2, 6, seed=3)
     assert all(len(s["tokens"]) == 7 and s["tokens"][0] == tok.bos_id and tok.eos_id not in s["tokens"] for s in a)
-    nll = heldout.sample_nll(model, a)
+    sums, counts = heldout.sample_nll(model, a)
+    assert counts.tolist() == [6, 6]
     with torch.no_grad():
         t = torch.tensor([s["tokens"] for s in a])
-        ref = float(torch.nn.functional.cross_entropy(model(t[:, :-1]).flatten(0, 1).double(), t[:, 1:].flatten()))
-    assert nll == pytest.approx(ref, rel=1e-5)
+        ref = torch.nn.functional.cross_entropy(model(t[:, :-1]).transpose(1, 2).double(), t[:, 1:], reduction="none")
+    assert sums == pytest.approx(ref.sum(1).numpy(), rel=1e-5)
 
 
 def test_committed_study_data_match_the_split_report():
@@ -160,7 +200,7 @@ def study_rows():
 
 
 def test_paired_differences_are_same_seed_differences_with_a_t_interval():
-    p = {(e["benchmark"], e["plw"]): e for e in stats.paired_differences(study_rows())}
+    p = {(e["benchmark"], e["plw"]): e for e in paired.paired_differences(study_rows())}
     e = p["heldout_nll", 0.1]
     d = np.array([0.05 + 0.01, 0.05 - 0.01, 0.05])
     t2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # t_{0.975, 2} in closed form, (2q - 1) / sqrt(2 q (1 - q)) = 4.3027
@@ -177,8 +217,65 @@ def test_paired_differences_are_same_seed_differences_with_a_t_interval():
               "group": "mechanism", "higher_is_better": False},
              {"plw": 1.0, "seed": 0, "benchmark": "heldout_nll", "score": 9.0, "dataset": "d", "model": "m",
               "regularizer": "dropout", "reg_value": 0.1, "group": "mechanism", "higher_is_better": False}]
-    p2 = {(e["benchmark"], e["plw"]): e for e in stats.paired_differences(study_rows() + extra)}
-    assert ("heldout_nll", 0.5) not in p2 and p2["heldout_nll", 1.0] == p["heldout_nll", 1.0]
+    p2 = {(e["benchmark"], e["plw"], e["regularizer"]): e for e in paired.paired_differences(study_rows() + extra)}
+    assert ("heldout_nll", 0.5, "none") not in p2 and p2["heldout_nll", 1.0, "none"] == p["heldout_nll", 1.0]
+    assert p2["heldout_nll", 1.0, "dropout"]["diff"] == pytest.approx(9.0 - 2.0)  # a variant, against PLW 0
+    assert paired.condition_label(p2["heldout_nll", 1.0, "dropout"]) == "PLW 1 + dropout 0.1"
+
+
+def test_holm_equals_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p = [0.01, 0.04, 0.03, 0.005, 0.5, 0.02]
+    assert paired.holm(p) == pytest.approx(multitest.multipletests(p, method="holm")[1], abs=1e-12)
+
+
+def test_two_level_interval_adds_the_bootstrap_over_shared_records():
+    # 3 seeds; PLW 0.1's held-out records all move by +0.05 (one shared set); train records differ by seed
+    rng = np.random.default_rng(0)
+    per = rng.normal(2.0, 0.5, 40)                                   # each held-out record's mean CE at PLW 0
+    rows, recs = [], {}
+    for seed in range(3):
+        for plw, shift in ((0.0, 0.0), (0.1, 0.05 + 0.01 * (seed - 1))):
+            num = (per + shift + rng.normal(0, 0.2, 40)) * 10        # sums of 10 tokens per record
+            den = np.full(40, 10.0)
+            rows.append({"dataset": "d", "model": "m", "plw": plw, "seed": seed, "benchmark": "heldout_nll",
+                         "score": float(num.sum() / den.sum()), "group": "mechanism", "higher_is_better": False})
+            recs["d", "m", "none", 0.0, plw, seed, "heldout_nll"] = ("heldout", num, den)
+            recs["d", "m", "none", 0.0, plw, seed, "train_nll"] = (f"train:seed{seed}", num, den)
+            rows.append({**rows[-1], "benchmark": "train_nll"})
+    es = paired.add_two_level(paired.paired_differences(rows), recs)
+    e = next(e for e in es if e["benchmark"] == "heldout_nll" and e["plw"] == 0.1)
+    idx = paired.resamples("heldout", 40)
+    boot = np.mean([(recs["d", "m", "none", 0.0, 0.1, s, "heldout_nll"][1][idx].sum(1) -
+                     recs["d", "m", "none", 0.0, 0.0, s, "heldout_nll"][1][idx].sum(1)) / 400 for s in range(3)], 0)
+    assert e["se_records"] == pytest.approx(boot.std(ddof=1))
+    se = math.sqrt(e["diff_sd"] ** 2 / 3 + e["se_records"] ** 2)
+    assert e["ci2"] == pytest.approx([e["diff"] - stats.t975(2) * se, e["diff"] + stats.t975(2) * se])
+    assert e["ci2"][1] - e["ci2"][0] > e["ci"][1] - e["ci"][0]
+    t = next(e for e in es if e["benchmark"] == "train_nll" and e["plw"] == 0.1)
+    assert t["se_records"] is None and t["ci2"] == pytest.approx(t["ci"])  # a seed's own records: in its spread
+
+
+def test_families_and_the_control_verdict():
+    rows, rng = [], np.random.default_rng(1)
+    for seed in range(4):
+        for plw, reg, value, shift in ((0.0, "none", 0, 0.0), (0.05, "none", 0, -0.1), (0.0, "learning_rate", 7e-4, -0.1),
+                                       (0.0, "dropout", 0.1, 0.0), (1.0, "none", 0, 0.3)):
+            rows.append({"dataset": "d", "plw": plw, "regularizer": reg, "reg_value": value, "seed": seed,
+                         "benchmark": "heldout_nll", "score": 2.0 + shift + rng.normal(0, 0.01),
+                         "group": "mechanism", "higher_is_better": False})
+            rows.append({**rows[-1], "benchmark": "forget_nll", "score": 1.0 + 0.01 * seed})
+    vs0 = paired.add_two_level(paired.paired_differences(rows), None)
+    vsref = [e for e in paired.add_two_level(paired.paired_differences(rows, 0.05), None) if e["regularizer"] != "none"
+             and e["benchmark"] == "heldout_nll"]
+    paired.correct(vs0 + vsref, "heldout_nll", 0.05)
+    fam = {(e["benchmark"], e["plw"], e["regularizer"], e["baseline"]): e["family"] for e in vs0 + vsref if e["ci"]}
+    assert fam["heldout_nll", 0.05, "none", 0.0] == fam["heldout_nll", 1.0, "none", 0.0] == "primary"
+    assert fam["heldout_nll", 0.0, "dropout", 0.0] == fam["heldout_nll", 0.0, "dropout", 0.05] == "controls"
+    assert fam["forget_nll", 0.05, "none", 0.0] == "secondary"
+    md = report.markdown_controls(vs0, vsref, "heldout_nll", 0.05)
+    assert "| PLW 0 + learning_rate 0.0007 |" in md and "not distinguishable from PLW 0.05's" in md
+    assert "| PLW 0 + dropout 0.1 |" in md and "no gain over PLW 0" in md
 
 
 def test_analyze_cli_writes_the_paired_tables_and_figures(tmp_path):

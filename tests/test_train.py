@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import ROOT, STORIES, ALPACA, require
 import train
 from data.batch import collate, example_targets, split_micro_batches, step_examples, target_counts
-from data.prepare import load_records, tokenize, select, PROMPT, COMPLETION
+from data.prepare import load_records, tokenize, select, PROMPT, COMPLETION, TEXT
 from optim import AdamWBF16, stochastic_round_bf16
 from checkpoint import load_model
 from tokenizer import Tokenizer
@@ -100,16 +100,33 @@ def test_label_smoothing_inside_the_weighting(records):
 
 
 def test_collate_roles_weights_and_targets():
-    # two hand-built examples: [BOS p p c c EOS] and [BOS p c EOS]
-    data = {"tokens": np.array([1, 10, 11, 20, 21, 2, 1, 12, 22, 2], dtype=np.int32),
+    # three hand-built examples: [BOS p p c c EOS], [BOS p c EOS] and a plain-text record [BOS t t EOS]
+    data = {"tokens": np.array([1, 10, 11, 20, 21, 2, 1, 12, 22, 2, 1, 30, 31, 2], dtype=np.int32),
             "roles": np.array([PROMPT, PROMPT, PROMPT, COMPLETION, COMPLETION, COMPLETION, PROMPT, PROMPT, COMPLETION,
-                               COMPLETION], dtype=np.uint8),
-            "offsets": np.array([0, 6, 10])}
-    x, y, w, p = collate(data, np.array([0, 1]), 0.25)
-    assert x.tolist() == [[1, 10, 11, 20, 21], [1, 12, 22, 0, 0]]
-    assert y.tolist() == [[10, 11, 20, 21, 2], [12, 22, 2, -1, -1]]  # BOS is never a target, EOS always is
-    assert w.tolist() == [[0.25, 0.25, 1, 1, 1], [0.25, 1, 1, 0, 0]]
+                               COMPLETION, PROMPT, TEXT, TEXT, TEXT], dtype=np.uint8),
+            "offsets": np.array([0, 6, 10, 14])}
+    x, y, w, r = collate(data, np.array([0, 1, 2]), 0.25, text_weight=0.5)
+    assert x.tolist() == [[1, 10, 11, 20, 21], [1, 12, 22, 0, 0], [1, 30, 31, 0, 0]]
+    assert y.tolist() == [[10, 11, 20, 21, 2], [12, 22, 2, -1, -1], [30, 31, 2, -1, -1]]  # BOS never a target, EOS always
+    assert w.tolist() == [[0.25, 0.25, 1, 1, 1], [0.25, 1, 1, 0, 0], [0.5, 0.5, 0.5, 0, 0]]
+    assert r.tolist() == [[PROMPT, PROMPT, COMPLETION, COMPLETION, COMPLETION], [PROMPT, COMPLETION, COMPLETION, 3, 3],
+                          [TEXT, TEXT, TEXT, 3, 3]]
     assert target_counts(data, np.array([0, 1])) == (8, 3)
+    n_t, n_p, n_x = example_targets(data, np.array([0, 1, 2]))
+    assert (n_t.tolist(), n_p.tolist(), n_x.tolist()) == ([5, 3, 3], [2, 1, 0], [0, 0, 3])
+    sw, nz = train.example_weights(n_t, n_p, n_x, 0.0, 0.5)
+    assert sw.tolist() == [3, 2, 1.5] and nz.tolist() == [3, 2, 3]
+    assert train.example_weights(n_t, n_p, n_x, 0.1, 0.0)[1].tolist() == [5, 3, 0]
+
+
+def test_plain_text_records_are_prepared_as_language_model_data():
+    tok = Tokenizer(STORIES / "tokenizer.model")
+    data = tokenize([{"instruction": "Say hi.", "input": "", "output": "Hi."}, {"text": "Once upon a time."}], tok)
+    o, roles = data["offsets"], data["roles"]
+    text = data["tokens"][o[1]:o[2]].tolist()
+    assert text == [tok.bos_id] + tok.encode("Once upon a time.") + [tok.eos_id]
+    assert roles[o[1]] == PROMPT and (roles[o[1] + 1:o[2]] == TEXT).all()  # BOS (never a target), then text
+    assert set(roles[o[0]:o[1]].tolist()) == {PROMPT, COMPLETION}
 
 
 def test_step_order_depends_only_on_seed_and_global_batch():
@@ -152,7 +169,7 @@ def split_gradient(data, ids, plw, batch_size, accum, normalise="global"):
     n_targets, n_prompt = target_counts(data, ids)
     W = plw * n_prompt + (n_targets - n_prompt)
     for mb in split_micro_batches(ids, np.diff(data["offsets"]), batch_size, accum):
-        x, y, w, p = collate(data, mb, plw)
+        x, y, w, _ = collate(data, mb, plw)
         ce = m(x, y)
         ((ce * w).sum() / (W if normalise == "global" else w.sum() * accum)).backward()
     return {k: p.grad for k, p in m.named_parameters()}
@@ -474,7 +491,7 @@ def train_gradient(data, ids, plw, batch_size, accum, norm):
     factors = train.row_factors(c, *train.example_weights(*example_targets(data, ids), plw), 1)
     position = {int(e): i for i, e in enumerate(ids)}
     for mb in split_micro_batches(ids, np.diff(data["offsets"]), batch_size, accum):
-        x, y, w, p = collate(data, mb, plw)
+        x, y, w, _ = collate(data, mb, plw)
         f = torch.tensor([factors[position[int(e)]] for e in mb], dtype=torch.float64)
         loss, _ = train.micro_loss(m, x, y, w, f, 0.0)
         loss.backward()
@@ -516,7 +533,7 @@ def test_micro_mean_follows_hf_micro_batches_not_this_runs_split(records):
     position = {int(e): i for i, e in enumerate(ids)}
     m = load_model(STORIES).train()
     for mb in split_by_tokens(ids, np.diff(data["offsets"]), 300):  # a different split of the same step
-        x, y, w, p = collate(data, mb, PLW)
+        x, y, w, _ = collate(data, mb, PLW)
         train.micro_loss(m, x, y, w, torch.tensor([factors[position[int(e)]] for e in mb], dtype=torch.float64),
                          0.0)[0].backward()
     scale = max(v.abs().max().item() for v in g.values())
@@ -602,7 +619,7 @@ def test_token_budget_split_gives_the_fixed_size_gradient(records):
         micro = split_by_tokens(ids, lengths, budget, world)
         counts.add(len(micro))
         for mb in micro:
-            x, y, w, p = collate(data, mb, PLW)
+            x, y, w, _ = collate(data, mb, PLW)
             ((m(x, y) * w).sum() / W).backward()
         for k, q in m.named_parameters():
             assert (q.grad - ref[k]).abs().max().item() <= 1e-6 * scale, (budget, k)
