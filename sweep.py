@@ -66,6 +66,7 @@ sweep_primary = ""              # the study's primary measure (e.g. heldout_nll)
                                 # the primary family of the analysis (Holm); every other comparison is secondary
 sweep_control_ref = -1.0        # >= 0: the PLW whose gain over PLW 0 the controls are held against (-1: none)
 sweep_title = ""                # the study's name in the analysis' figures ("" = the dataset)
+sweep_figure_measures = ""      # comma-separated measures for the paired figures' panels ("" = all)
 sweep_heldout_train = ""        # the training records whose completion NLL is measured after training ("" = the dataset)
 sweep_heldout_train_n = 0       # the first N of them, in file order (0: all)
 sweep_forget = ""               # base-model samples (eval/heldout.py base_samples) for the forgetting NLL ("" = none)
@@ -339,6 +340,8 @@ def main(argv):
         extra += ["--control_ref", repr(c["sweep_control_ref"])]
     if c["sweep_title"]:
         extra += ["--title", c["sweep_title"]]
+    if c["sweep_figure_measures"]:
+        extra += ["--measures", c["sweep_figure_measures"]]
     if len({g[2] for g in grid}) >= 3:
         if analyze.main(["--scores", str(scores), "--out", str(sweep_dir / "analysis"), *extra]) != 0:
             raise ConfigError(f"the analysis of {scores} failed (above); the runs and scores are kept")

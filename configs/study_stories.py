@@ -80,6 +80,8 @@ sweep_reg_plw = "0"
 sweep_primary = "heldout_nll"
 sweep_control_ref = 0.05
 sweep_title = "stories260K, prompt-inverted Alpaca (300 records per seed)"
+sweep_figure_measures = ("heldout_nll,train_nll,overfit_gap,forget_nll,story_cloze,heldout_chrf,"
+                         "weight_distance_l2_rel,loss_hf_rsd")
 sweep_tasks = "arc_easy"
 sweep_mc_limit = 200
 sweep_eval_data = "../shared/data/eval/hf"

@@ -234,7 +234,8 @@ def run(args):
         write_json(os.path.join(args.out, "fit.json"), result)
         written = [os.path.join(args.out, n) for n in ("table.md", "fit.json")]
         if "datasets" in result:
-            written += make_figures(result, args.out, args.title, args.primary, args.control_ref)
+            written += make_figures(result, args.out, args.title, args.primary, args.control_ref,
+                                    args.measures.split(",") if args.measures else None)
         print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0
 
@@ -247,6 +248,7 @@ def main(argv=None):
     p.add_argument("--primary", help="the primary measure (its comparisons with PLW 0 are the primary family)")
     p.add_argument("--control_ref", type=float, help="the PLW whose gain the controls are compared with")
     p.add_argument("--title", help="the study's name in the figures (default: the dataset)")
+    p.add_argument("--measures", help="comma-separated measures for the paired figures' panels (default: all)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of Markdown")
     p.add_argument("--out", help="directory for table.md, fit.json and the PNG figures")
     p.add_argument("--log", action="append", default=[], help="a training log.jsonl to report loss RSD for (repeatable)")

@@ -114,14 +114,14 @@ def _zoom(ax, values, errs, x, labels):
                 va="top" if v[far] > 0 else "bottom", fontsize=9, color="C3")
 
 
-def paired_figures(Figure, title, paired):
+def paired_figures(Figure, title, paired, measures=None, zoom=()):
     """(metrics figure, differences figure) of one dataset's plain PLW runs: each measure vs PLW (mean ± sd over
-    seeds), and its difference from PLW 0 with the two-level 95% interval (thin) and the seed-only one (thick),
-    zoomed past a far outlier. Measures with one value in every run are left out."""
+    seeds), and its difference from PLW 0 with the two-level 95% interval (thin) and the seed-only one (thick); the
+    panels of `zoom` are zoomed past a far outlier. `measures` picks and orders the panels (default: all). Measures
+    whose runs all agree with PLW 0 exactly (no difference anywhere) are left out."""
     plain = [p for p in paired if p["regularizer"] == "none"]
-    benches = [b for b in dict.fromkeys(p["benchmark"] for p in plain)
-               if len({round(p["mean"], 12) for p in plain if p["benchmark"] == b}) > 1 or
-               any(p["sd"] for p in plain if p["benchmark"] == b)]
+    benches = [b for b in (measures or dict.fromkeys(p["benchmark"] for p in plain))
+               if any(p["diff"] != 0 or p["diff_sd"] for p in plain if p["benchmark"] == b)]
     cols = min(4, max(1, len(benches)))
     rows = -(-len(benches) // cols)
     plws = sorted({p["plw"] for p in plain})
@@ -138,7 +138,7 @@ def paired_figures(Figure, title, paired):
                 ax.fill_between(x, lo, hi, color="C0", alpha=0.2, lw=0)
                 ax.plot(x, [p["mean"] for p in ps], "o-", color="C0", ms=4)
             else:
-                paired_panel(ax, ps, x)
+                paired_panel(ax, ps, x, b in zoom)
             ax.set_title(b + ("" if ps[0]["higher_is_better"] else " (lower is better)")
                          + (" − PLW 0" if kind == "paired" else ""), fontsize=10)
             ax.grid(alpha=0.3)
@@ -147,12 +147,13 @@ def paired_figures(Figure, title, paired):
             ax.tick_params(axis="y", labelsize=9)
             ax.set_xlabel("PLW (at w_p = PLW^log10(2) spacing)", fontsize=9)
         fig.suptitle(f"{title}: " + ("mean ± sd over seeds vs PLW" if kind == "metrics" else
-                     "difference from PLW 0 (same seed): two-level 95% CI (thin), seed-only (thick)"), fontsize=11)
+                     "difference from PLW 0 (same seed): two-level 95% CI (thin), seed-only (thick), "
+                     "× survives Holm"), fontsize=11)
         figs.append(fig)
     return figs
 
 
-def paired_panel(ax, ps, x):
+def paired_panel(ax, ps, x, zoom=False):
     """one measure's differences from PLW 0 with both intervals; × marks a difference that survives Holm"""
     d = np.array([p["diff"] for p in ps])
     two = np.array([[p["diff"] - p["ci2"][0], p["ci2"][1] - p["diff"]] if p.get("ci2") else
@@ -164,7 +165,8 @@ def paired_panel(ax, ps, x):
     surv = [(xi, di) for xi, di, p in zip(x, d, ps) if p.get("survives")]
     if surv:
         ax.plot(*zip(*surv), "x", color="C3", ms=8, mew=2)
-    _zoom(ax, d, two, x, [f"{p['plw']:g}" for p in ps])
+    if zoom:
+        _zoom(ax, d, two, x, [f"{p['plw']:g}" for p in ps])
 
 
 def controls_figure(Figure, title, paired, primary, control_ref):
@@ -190,13 +192,14 @@ def controls_figure(Figure, title, paired, primary, control_ref):
     return fig
 
 
-def make_figures(result, out_dir, title=None, primary=None, control_ref=None):
+def make_figures(result, out_dir, title=None, primary=None, control_ref=None, measures=None):
     """
     PNGs per dataset: fit_<dataset>.png (the run-level fit of the relative aggregate vs w_p), mechanism_<dataset>.png
     when there are mechanism rows, regularizers_<dataset>.png when there are regularizer or control runs (the paper's
     Fig. 8), metrics_ and paired_<dataset>.png with several seeds, controls_<dataset>.png with controls and a primary
-    measure. `title` names the study in the figures (default: the dataset). Returns the paths written, or [] with a
-    one-line note on stderr when matplotlib is not installed.
+    measure. `title` names the study in the figures (default: the dataset); `measures` picks the paired figures'
+    panels; the primary measure's difference panel is zoomed past a far outlier. Returns the paths written, or []
+    with a one-line note on stderr when matplotlib is not installed.
     """
     try:
         from matplotlib.figure import Figure  # no pyplot: no global backend or figure state to leak
@@ -214,7 +217,7 @@ def make_figures(result, out_dir, title=None, primary=None, control_ref=None):
                  ] if res["regularizers"] else []
         paired = [p for p in result.get("paired") or [] if p["dataset"] == d]
         if paired and any(p["ci"] for p in paired):
-            mfig, pfig = paired_figures(Figure, name, paired)
+            mfig, pfig = paired_figures(Figure, name, paired, measures, zoom=(primary,) if primary else ())
             figs += [(f"metrics_{_slug(d)}.png", mfig), (f"paired_{_slug(d)}.png", pfig)]
         if primary and any(p["regularizer"] != "none" and p["benchmark"] == primary and p.get("ci2") for p in paired):
             figs += [(f"controls_{_slug(d)}.png", controls_figure(Figure, name, paired, primary, control_ref))]

@@ -130,12 +130,16 @@ def test_base_samples_are_fixed_by_the_seed_and_scored_on_their_tokens(stories):
 
 def test_committed_study_data_match_the_split_report():
     rep = json.loads((STUDY / "split.json").read_text())
-    train = json.loads((STUDY / "train.json").read_text())
+    pool = json.loads((STUDY / "pool.json").read_text())
     held = json.loads((STUDY / "heldout.json").read_text())
-    assert len(train) == rep["n_train"] and len(held) == rep["n_heldout"]
-    assert not {json.dumps(r) for r in train} & {json.dumps(r) for r in held}
+    assert len(pool) == rep["n_train"] == 1122 and len(held) == rep["n_heldout"] == 500
+    assert not {json.dumps(r) for r in pool} & {json.dumps(r) for r in held}
     base = json.loads((STUDY / "base_samples.json").read_text())
     assert len(base["samples"]) == base["n"] and {len(s["tokens"]) for s in base["samples"]} == {base["tokens"] + 1}
+    cloze = json.loads((STUDY / "story_cloze.json").read_text())
+    assert len(cloze["items"]) == 200 and {len(c) for it in cloze["items"] for c in it["choices"]} == {32}
+    assert {json.dumps(it["context"]) for it in cloze["items"]}.isdisjoint(  # not the forgetting set's samples
+        {json.dumps(s["tokens"][:97]) for s in base["samples"]})
 
 
 # -----------------------------------------------------------------------------
@@ -157,6 +161,43 @@ def test_sweep_writes_heldout_rows_with_their_condition(tmp_path):
     assert all(r["group"] == "mechanism" and (r["model"], r["plw"], r["regularizer"], r["reg_value"], r["seed"])
                == ("stories260K", 0.1, "none", 0.0, 2) for r in by.values())
     scores.normalize_rows(rows)  # valid score rows
+
+
+def test_seeds_draw_their_training_records_and_controls_change_one_setting(tmp_path):
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(records(12)))
+    c = {**sweep.train.DEFAULTS, **sweep.SWEEP, "init_from": "base", "dataset": str(pool), "sweep_tasks": "",
+         "sweep_mem_n": 0, "sweep_train_n": 5, "sweep_heldout": "h.json"}
+    one = sweep.seed_data(c, str(pool), 1, tmp_path)
+    assert json.loads(one.read_text()) == json.loads(sweep.seed_data(c, str(pool), 1, tmp_path).read_text())
+    two = json.loads(sweep.seed_data(c, str(pool), 2, tmp_path).read_text())
+    assert len(two) == 5 and two != json.loads(one.read_text()) and all(r in records(12) for r in two)
+    dom = json.loads(sweep.seed_data(c, str(pool), 1, tmp_path, domain=True).read_text())
+    assert dom[:5] == json.loads(one.read_text())  # the same records, then their prompts as plain text
+    assert dom[5:] == [{"text": format_prompt(r["instruction"], r["input"])} for r in dom[:5]]
+    for reg, value, flag in (("domain", 0.05, "--text_loss_weight=0.05"), ("max_iters", 51.0, "--max_iters=51"),
+                             ("learning_rate", 6.94e-4, "--learning_rate=0.000694")):
+        steps = {n: cmd for n, _, cmd in sweep.commands(c, [], [], ("base", str(pool), 0.0, reg, value, 1),
+                                                          tmp_path / "run", tmp_path)}
+        assert flag in steps["train"]
+        data = next(a for a in steps["train"] if a.startswith("--dataset="))
+        assert data.endswith("_domain.json") == (reg == "domain")
+        assert steps["heldout"][steps["heldout"].index("--train") + 1] == str(one)  # never the text records
+
+
+def test_record_rows_carry_each_records_numbers(tmp_path):
+    run = tmp_path / "plw0_seed3"
+    run.mkdir()
+    recs = {"heldout": {"completion_sum": [2.0, 4.0], "completion_count": [1, 2], "prompt_sum": [1.0, 1.0],
+                        "prompt_count": [1, 1]},
+            "train": {"completion_sum": [3.0], "completion_count": [2], "prompt_sum": [1.0], "prompt_count": [1]},
+            "forget": {"sum": [5.0], "count": [4]}, "cloze": {"acc": [1.0, 0.0], "acc_norm": [1.0, 1.0]}}
+    (run / "eval_heldout.json").write_text(json.dumps({"records": recs}))
+    rows = {r["benchmark"]: r for r in sweep.record_rows(("m/x", "d.json", 0.0, "none", 0.0, 3), run)}
+    assert rows["heldout_nll"]["records"] == "heldout" and rows["heldout_nll"]["num"] == [2.0, 4.0]
+    assert rows["train_nll"]["records"] == "train:seed3" and rows["forget_nll"]["den"] == [4]
+    assert rows["story_cloze"]["num"] == [1.0, 1.0] and rows["story_cloze"]["den"] == [1, 1]
+    assert "heldout_mc_acc" not in rows
 
 
 def test_sweep_adds_the_heldout_step_only_when_asked():
