@@ -127,13 +127,15 @@ def conditions(c):
 
 
 def run_name(c, model, dataset, plw, reg, value, seed, grid):
-    """plw{P}, with the condition's other coordinates where the grid has more than one value of them"""
+    """plw{P}, with the condition's other coordinates where the grid has more than one value of them or the setting
+    names them (--seeds, --datasets, --models): a sweep split over processes (--seeds=1,2 and --seeds=3) then
+    names each run as the whole sweep does"""
     name = f"plw{plw:g}" + (f"_{reg}{value:g}" if reg != "none" else "")
-    if len({g[5] for g in grid}) > 1:
+    if len({g[5] for g in grid}) > 1 or c["sweep_seeds"]:
         name += f"_seed{seed}"
-    if len({g[1] for g in grid}) > 1:
+    if len({g[1] for g in grid}) > 1 or c["sweep_datasets"]:
         name = f"{Path(dataset).stem}/{name}"
-    if len({g[0] for g in grid}) > 1:
+    if len({g[0] for g in grid}) > 1 or c["sweep_models"]:
         name = f"{Path(model).name}/{name}"
     return name
 

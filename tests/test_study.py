@@ -185,6 +185,17 @@ def test_seeds_draw_their_training_records_and_controls_change_one_setting(tmp_p
         assert steps["heldout"][steps["heldout"].index("--train") + 1] == str(one)  # never the text records
 
 
+def test_a_sweep_split_over_processes_names_its_runs_as_the_whole_sweep():
+    c = {**sweep.train.DEFAULTS, **sweep.SWEEP, "init_from": "base", "dataset": "d.json"}
+    whole = sweep.conditions({**c, "sweep_seeds": "1,2,3", "sweep_plw": "0,1"})
+    part = sweep.conditions({**c, "sweep_seeds": "3", "sweep_plw": "0,1"})
+    names = {sweep.run_name({**c, "sweep_seeds": "1,2,3"}, *g, whole) for g in whole}
+    assert {sweep.run_name({**c, "sweep_seeds": "3"}, *g, part) for g in part} <= names == {
+        f"plw{p}_seed{s}" for p in (0, 1) for s in (1, 2, 3)}
+    plain = sweep.conditions(c)  # no --seeds: the config's one seed, no suffix
+    assert [sweep.run_name(c, *g, plain) for g in plain][0] == "plw0"
+
+
 def test_record_rows_carry_each_records_numbers(tmp_path):
     run = tmp_path / "plw0_seed3"
     run.mkdir()
