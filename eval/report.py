@@ -84,7 +84,7 @@ def markdown_regularizers(regs):
     groups = [g for g in PAPER_GROUPS if any(r[g] is not None for r in regs)]
     header = ((["model"] if multi else []) + ["condition", "PLW", "rel. aggregate", "± sd", "seeds"]
               + [f"rel. {g}" for g in groups] + ["Δ vs PLW 0"])
-    lines = ["Regularizers vs PLW (the paper's Fig. 8; relative aggregate over all benchmarks):", "",
+    lines = ["Regularizers and controls vs PLW (the paper's Fig. 8; relative aggregate over all benchmarks):", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * (1 + multi) + "---:|" * (len(header) - 1 - multi)]
     for r in regs:
         cells = ([r["model"]] if multi else []) + [r["label"], f"{r['plw']:g}", _fmt(r["relative"], ".3f"),

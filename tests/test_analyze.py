@@ -388,7 +388,7 @@ def test_regularizer_table_hand_checked():
                     ("weight_decay 0.1", pytest.approx(0.75), pytest.approx(0.5))]
     assert [r["plw"] for r in res["regularizers"]][3:] == [0.0, 1.0, 0.0]
     md = markdown_table(analyze(cond_rows()))
-    assert "Regularizers vs PLW" in md and "| dropout 0.05 | 1 | 0.250 |" in md and "| ± sd | seeds |" in md
+    assert "Regularizers and controls vs PLW" in md and "| dropout 0.05 | 1 | 0.250 |" in md and "| ± sd | seeds |" in md
     assert "Regularizers" not in markdown_table(analyze(SMALL))
 
 
