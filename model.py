@@ -36,6 +36,9 @@ class ModelArgs:
     bos_id: int | None = 1
     eos_id: int | list | None = 2
     dropout: float = 0.0              # training only (attention and residual dropout); not saved in config.json
+    n_experts: int = 0                # > 0: Mixtral, a sparse mixture of this many SwiGLU experts in every block
+    n_experts_per_tok: int = 2        # Mixtral: the experts each token goes through (top-2 of 8)
+    sliding_window: int | None = None # Mixtral's config.json field, kept for saving (max_seq_len never exceeds it)
 
 # -----------------------------------------------------------------------------
 # building blocks
@@ -136,13 +139,51 @@ class FeedForward(nn.Module):
         return F.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), self.dropout, self.training)
 
 
+class Expert(nn.Module):
+    """One Mixtral expert: the SwiGLU of FeedForward under HF's Mixtral names (w1 gate, w3 up, w2 down)."""
+    def __init__(self, args):
+        super().__init__()
+        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
+        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class MoEFeedForward(nn.Module):
+    """Mixtral's sparse mixture of experts: a linear router scores the experts per token; softmax over all experts in
+    fp32, keep the top k, renormalise their weights to sum to 1 (HF's MixtralSparseMoeBlock order), and sum the k
+    experts' outputs with those weights. Each expert runs only on the tokens routed to it."""
+    def __init__(self, args):
+        super().__init__()
+        self.k = args.n_experts_per_tok
+        self.gate = nn.Linear(args.dim, args.n_experts, bias=False)
+        self.experts = nn.ModuleList(Expert(args) for _ in range(args.n_experts))
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])                                                    # (N, dim)
+        probs = F.softmax(self.gate(x), dim=-1, dtype=torch.float)                     # (N, E)
+        weights, chosen = torch.topk(probs, self.k, dim=-1)                            # (N, k)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)           # (N, k) summing to 1
+        out = torch.zeros_like(x)                                                      # (N, dim)
+        for e in chosen.unique().tolist():  # the experts some token chose (one host sync)
+            tok, slot = torch.where(chosen == e)                                       # (n_e,) its tokens
+            out.index_add_(0, tok, self.experts[e](x[tok]) * weights[tok, slot, None])
+        return out.view(shape)
+
+
 class Block(nn.Module):
     def __init__(self, args):
         super().__init__()
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.self_attn = Attention(args)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.mlp = FeedForward(args)
+        if args.n_experts:  # Mixtral: the feed-forward is sparse, under HF's name for it
+            self.block_sparse_moe = MoEFeedForward(args)
+        else:
+            self.mlp = FeedForward(args)
         self.compiled = None  # Transformer.compile_blocks(): the compiled self.block, used when there is no KV cache
 
     def forward(self, x, cos, sin, mask=None, cache=None, pos=None):
@@ -157,7 +198,8 @@ class Block(nn.Module):
 
     def block(self, x, cos, sin, mask=None, cache=None, pos=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, pos)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        ffn = self.mlp if hasattr(self, "mlp") else self.block_sparse_moe
+        return x + ffn(self.post_attention_layernorm(x))
 
 
 # -----------------------------------------------------------------------------
