@@ -44,7 +44,8 @@ def args_from_hf_config(cfg, source="config.json"):
             if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
                 bad(f"{key} must be a positive integer, got {cfg.get(key)!r}")
         if cfg["num_experts_per_tok"] > cfg["num_local_experts"]:
-            bad(f"num_experts_per_tok {cfg['num_experts_per_tok']} exceeds num_local_experts {cfg['num_local_experts']}")
+            bad(f"num_experts_per_tok {cfg['num_experts_per_tok']} exceeds num_local_experts "
+                f"{cfg['num_local_experts']}")
         moe = dict(n_experts=cfg["num_local_experts"], n_experts_per_tok=cfg["num_experts_per_tok"],
                    sliding_window=cfg.get("sliding_window"))
     if cfg.get("hidden_act", "silu") != "silu":

@@ -1,11 +1,13 @@
 """
-LLaMA 1, 2 and 3 in one readable file: the network and generation, nothing else (checkpoint.py reads and writes
-HF checkpoints).
+LLaMA 1, 2 and 3 and Mixtral in one readable file: the network and generation, nothing else (checkpoint.py reads and
+writes HF checkpoints). Mixtral is LLaMA with a sparse mixture of SwiGLU experts in place of each block's feed-forward
+(MoEFeedForward, chosen when config.json's architecture is MixtralForCausalLM).
 
     model = load_model("path/to/Llama-2-7b-hf", device="cuda", dtype=torch.bfloat16)   # from checkpoint.py
     logits = model(idx)                                   # (B, T, vocab)
     ce = model(idx, targets)                              # (B, T) per-token cross-entropy, fp32, never (B, T, vocab) fp32
     out = model.generate(prompts, max_new_tokens=64, eos_id=2)
+    out = model.generate(prompts, 512, eos_id=2, num_beams=4, early_stopping=True, repetition_penalty=1.2)  # PandaLM's
 
 Module and parameter names follow HF's, without the "model." prefix, so a checkpoint key is one string
 operation away from ours. The architecture numbers come from config.json only.
@@ -483,9 +485,9 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def beam_search(self, prompts, max_new_tokens, num_beams, eos_id=None, length_penalty=1.0, early_stopping=False,
                     repetition_penalty=1.0):
-        """Beam search over token-id lists of different lengths, each prompt as transformers 4.57's generate(num_beams=K,
-        do_sample=False) runs it alone: returns one list per prompt, prompt + the best finished hypothesis (ending at
-        its EOS, included, or after max_new_tokens).
+        """Beam search over token-id lists of different lengths, each prompt as transformers 4.57's
+        generate(num_beams=K, do_sample=False) runs it alone: returns one list per prompt, prompt + the best finished
+        hypothesis (ending at its EOS, included, or after max_new_tokens).
 
         HF's rules, step for step (GenerationMixin._beam_search): the next-token log-softmax in fp32, the repetition
         penalty applied to it, plus each beam's running score; the top max(2, 1 + n_eos) * K of the K * V candidates;

@@ -164,7 +164,8 @@ def judge_pairs(pairs, tok, ctx, run, bos=None, both_orders=True):
                 s["truncated"] |= cut
                 s[f"judge_{order}"] = next(texts)
                 s[f"verdict_{order}"], s[f"parsed_{order}"] = parse_verdict(s[f"judge_{order}"])
-        s["result"] = combine(s["verdict_ab"], s["verdict_ba"]) if both_orders else outcome(for_a(s["verdict_ab"], True))
+        s["result"] = (combine(s["verdict_ab"], s["verdict_ba"]) if both_orders
+                       else outcome(for_a(s["verdict_ab"], True)))
         samples.append(s)
     return samples
 
@@ -256,8 +257,8 @@ def annotate(records, tok, ctx, run, bos=None, chat_format="mixtral", template=N
                 text, messages = alpaca_eval_messages(template, ins, o1, o2)
                 return head + tok.encode(render_chat(text, messages, chat_format))
             first, second = (out, ref) if s["switched"] else (ref, out)
-            ids, s["truncated"] = fit(tok, ctx - room, build, first, second)
-            s["too_long"] = ids is None
+            ids, cut = fit(tok, ctx - room, build, first, second)
+            s["too_long"], s["truncated"] = ids is None, cut and ids is not None
             if ids is not None:
                 prompts.append(ids)
         samples.append(s)

@@ -66,7 +66,7 @@ def test_save_round_trip_through_transformers(tmp_path):
     save_model(ours, tmp_path / "ours", max_shard_bytes=100_000)
     cfg = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert cfg["architectures"] == ["MixtralForCausalLM"] and cfg["sliding_window"] == 64
-    back = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "ours", attn_implementation="eager").float().eval()
+    back = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "ours", attn_implementation="eager").float()
     sd, sd_back = hf.state_dict(), back.state_dict()
     assert sd.keys() == sd_back.keys() and all(torch.equal(sd[k], sd_back[k]) for k in sd)
 
@@ -86,8 +86,8 @@ def test_generation_with_the_cache_matches_transformers(tmp_path):
 
 def test_bad_mixtral_configs(tmp_path):
     from checkpoint import args_from_hf_config
-    base = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 300, "num_local_experts": 4,
+    base = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "hidden_size": 64,
+            "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 300, "num_local_experts": 4,
             "num_experts_per_tok": 2}
     assert args_from_hf_config(base).rope_theta == 1e6  # MixtralConfig's defaults, not LlamaConfig's
     with pytest.raises(ValueError, match="num_experts_per_tok 5 exceeds num_local_experts 4"):
