@@ -404,7 +404,7 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, top_p=None, eos_id=None, generator=None,
-                 repetition_penalty=1.0, num_beams=1, length_penalty=1.0, early_stopping=False):
+                 repetition_penalty=1.0, num_beams=1, length_penalty=1.0, early_stopping=False, beam_scorer="4.57"):
         """Batched generation with a static KV cache; temperature 0 is greedy (argmax, as HF's do_sample=False).
 
         idx: a LongTensor (B, T), or a list of token-id lists of different lengths. Returns prompt + new tokens:
@@ -413,7 +413,8 @@ class Transformer(nn.Module):
         eos_id: an id or a list of ids that end a row; None never stops early.
         repetition_penalty: HF's: the score of every token already in the row (prompt included) is multiplied by it
         when negative, divided by it when positive (on the logits here; on the log-probabilities in beam search).
-        num_beams > 1: beam search (see beam_search), with length_penalty and early_stopping as HF's.
+        num_beams > 1: beam search (see beam_search), with length_penalty, early_stopping and beam_scorer ("4.57":
+        transformers 4.57's rules; "4.28": 4.28.1's, which PandaLM ran).
 
         Rows of different lengths: all prompts are prefilled in one right-padded forward (causal, so no prompt
         token sees the padding after it), then every row decodes from its own position, writing its keys and
@@ -432,7 +433,7 @@ class Transformer(nn.Module):
             if temperature != 0.0:
                 raise ValueError(f"beam search is deterministic here: temperature must be 0, got {temperature}")
             out = self.beam_search(prompts, max_new_tokens, num_beams, eos_id, length_penalty, early_stopping,
-                                   repetition_penalty)
+                                   repetition_penalty, beam_scorer)
             if as_list:
                 return out
             fill = eos_id if isinstance(eos_id, int) else eos_id[0] if eos_id else 0
@@ -466,7 +467,7 @@ class Transformer(nn.Module):
             # (B, V) logits; on CPU, MKL computes this skinny product ~1.5x faster as (V, dim) @ (dim, B)
             logits = self.lm_head.weight.mm(h.T).T if h.device.type == "cpu" else self.lm_head(h)
             if seen is not None:
-                logits = penalize(logits, seen, repetition_penalty)
+                logits = penalize(logits.float(), seen, repetition_penalty)  # in fp32, as HF processes scores
             nxt = sample(logits, temperature, top_k, top_p, generator)                          # (B,)
             nxt = torch.where(done, fill, nxt)
             if seen is not None:
@@ -484,7 +485,7 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, prompts, max_new_tokens, num_beams, eos_id=None, length_penalty=1.0, early_stopping=False,
-                    repetition_penalty=1.0):
+                    repetition_penalty=1.0, beam_scorer="4.57"):
         """Beam search over token-id lists of different lengths, each prompt as transformers 4.57's
         generate(num_beams=K, do_sample=False) runs it alone: returns one list per prompt, prompt + the best finished
         hypothesis (ending at its EOS, included, or after max_new_tokens).
@@ -497,6 +498,13 @@ class Transformer(nn.Module):
         finished one (early_stopping False: judged at the current length; "never": at max_new_tokens when
         length_penalty > 0). The K beams of a prompt share its prefill; each step the cache rows follow their beams
         (only the positions written so far are copied), and a done prompt leaves the batch.
+
+        beam_scorer="4.28": transformers 4.28.1's BeamSearchScorer instead (PandaLM pinned that version): the top 2K
+        candidates; a finished hypothesis is scored in float64 by sum(log p) / len ** length_penalty with len the
+        whole sequence before its EOS, prompt included; a prompt is done once it holds K hypotheses and (unless
+        early_stopping is True) the best candidate, divided by the current whole length (early_stopping "never" and
+        length_penalty > 0: the whole maximum length), cannot beat the worst; at max_new_tokens the running beams of
+        a prompt not done join its hypotheses.
         """
         device = self.lm_head.weight.device
         K, B, V = num_beams, len(prompts), self.args.vocab_size
@@ -507,10 +515,13 @@ class Transformer(nn.Module):
                              f"{self.args.max_seq_len}")
         if early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+        if beam_scorer not in ("4.57", "4.28"):
+            raise ValueError(f"beam_scorer must be '4.57' or '4.28' (transformers' versions), got {beam_scorer!r}")
+        legacy = beam_scorer == "4.28"
         eos = torch.tensor([] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id),
                            device=device, dtype=torch.long)
         fill = int(eos[0]) if len(eos) else 0
-        keep = max(2, 1 + len(eos)) * K                       # candidates kept per prompt: enough to continue K beams
+        keep = (2 if legacy else max(2, 1 + len(eos))) * K    # candidates kept per prompt: enough to continue K beams
         first_k = torch.arange(keep, device=device) < K       # only these may become finished hypotheses
         NEG = -1.0e9                                          # HF's "impossible" score
 
@@ -519,7 +530,8 @@ class Transformer(nn.Module):
             tokens[b, :len(p)] = torch.tensor(p, device=device)
         cache = self.make_cache(B, max_len + max_new_tokens)
         h = self(tokens, cache=cache, return_hidden=True)[torch.arange(B, device=device), lens - 1]   # (B, dim)
-        logits = self.lm_head(h).float().repeat_interleave(K, 0)                      # (B*K, V) every beam alike
+        # (B*K, V), every beam alike; 4.57 casts to fp32 first, 4.28 took the log-softmax in the model's dtype
+        logits = self.lm_head(h).repeat_interleave(K, 0)
         cache = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v in cache]
         seen = None
         if repetition_penalty != 1.0:
@@ -532,7 +544,8 @@ class Transformer(nn.Module):
         run_score = torch.zeros(B, K, device=device)
         run_score[:, 1:] = NEG                                # all beams start alike: only the first one counts
         fin_seq, fin_len = run_seq.clone(), torch.zeros(B, K, dtype=torch.long, device=device)
-        fin_score = torch.full((B, K), NEG, device=device)
+        fin_score = torch.full((B, K), -math.inf, dtype=torch.float64, device=device) if legacy else \
+            torch.full((B, K), NEG, device=device)
         fin_flag = torch.zeros(B, K, dtype=torch.bool, device=device)
         improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
         live = torch.arange(B, device=device)                 # which prompt each state row is
@@ -545,17 +558,18 @@ class Transformer(nn.Module):
             if i > 0:  # each beam's last token at its own position; keys up to there
                 mask = (ar[:max_len + i] < pos[:, None])[:, None, None]                # (N, 1, 1, S)
                 h = self(nxt[:, None], cache=cache, start_pos=pos - 1, mask=mask, return_hidden=True)[:, 0]
-                logits = self.lm_head(h).float()                                       # (N, V)
+                logits = self.lm_head(h)                                               # (N, V)
             n = len(live)
-            logp = F.log_softmax(logits, dim=-1)                                       # (N, V)
+            logp = F.log_softmax(logits if legacy else logits.float(), dim=-1)        # (N, V)
             if seen is not None:
                 logp = penalize(logp, seen, repetition_penalty)
-            total = (logp.view(n, K, V) + run_score[:, :, None]).view(n, K * V)
+            total = (logp.view(n, K, V) + run_score[:, :, None]).view(n, K * V)     # fp32 (run_score is)
             top_score, top_idx = torch.topk(total, keep)                                # (n, keep)
             parent, tok = top_idx // V, top_idx % V
             cand = pick(run_seq, parent)                                               # (n, keep, max_new_tokens)
             cand[:, :, i] = tok
-            hits = torch.isin(tok, eos) | (i == max_new_tokens - 1)                    # (n, keep) the row stops here
+            last = i == max_new_tokens - 1
+            hits = torch.isin(tok, eos) | (last and not legacy)                        # (n, keep) the row stops here
 
             # the K best candidates that did not stop run on
             run_cand = top_score + hits.to(torch.float32) * NEG
@@ -564,23 +578,43 @@ class Transformer(nn.Module):
 
             # stopped candidates among the first K join the finished hypotheses if they beat the worst of them
             just = hits & first_k
-            fin_cand = top_score / ((i + 1) ** length_penalty)
-            fin_cand += (fin_flag.all(-1, keepdim=True) & (early_stopping is True)).to(torch.float32) * NEG
-            fin_cand += (~improvable).to(torch.float32) * NEG
-            fin_cand += (~just) * NEG
-            merged = torch.topk(torch.cat((fin_score, fin_cand), 1), K)[1]             # (n, K)
-            fin_seq = pick(torch.cat((fin_seq, cand), 1), merged)
-            fin_score = pick(torch.cat((fin_score, fin_cand), 1), merged)
-            fin_len = pick(torch.cat((fin_len, torch.full_like(tok, i + 1)), 1), merged)
-            fin_flag = pick(torch.cat((fin_flag, just), 1), merged)
 
-            # could a running beam still beat the worst finished hypothesis?
-            best_len = max_new_tokens if early_stopping == "never" and length_penalty > 0.0 else i + 1
-            best_running = run_score[:, :1] / (best_len ** length_penalty)
-            worst = torch.where(fin_flag, fin_score.min(dim=1, keepdim=True)[0], NEG)
-            improvable = improvable & (best_running > worst).any(-1, keepdim=True)
-            done = ~improvable[:, 0] | (fin_flag.all(-1) & (early_stopping is True)) | hits.all(-1)
-            done = done.tolist()  # the host sync of the step
+            def merge(seqs, scores, n_new):  # keep the K best of the finished hypotheses and (seqs, scores)
+                idx = torch.topk(torch.cat((fin_score, scores), 1), K)[1]             # (n, K)
+                return (pick(torch.cat((fin_seq, seqs), 1), idx), pick(torch.cat((fin_score, scores), 1), idx),
+                        pick(torch.cat((fin_len, torch.full_like(scores, n_new, dtype=torch.long)), 1), idx), idx)
+
+            if legacy:
+                whole = lens[live].double()[:, None]                                   # (n, 1) prompt lengths
+                fin_cand = torch.where(just, top_score.double() / (whole + i) ** length_penalty, -math.inf)
+                fin_seq, fin_score, fin_len, _ = merge(cand, fin_cand, i + 1)
+                full = (fin_score > -math.inf).all(-1)                                 # (n,) K hypotheses
+                if early_stopping is True:
+                    done = full
+                else:
+                    best_len = whole + max_new_tokens if early_stopping == "never" and length_penalty > 0 \
+                        else whole + i + 1
+                    best = top_score[:, :1].double() / best_len ** length_penalty
+                    done = full & (fin_score.min(dim=1, keepdim=True)[0] >= best)[:, 0]
+                if last:  # finalize: a prompt not done adds its running beams, with all max_new_tokens tokens
+                    fin_run = torch.where(done[:, None], -math.inf,
+                                          run_score.double() / (whole + max_new_tokens) ** length_penalty)
+                    fin_seq, fin_score, fin_len, _ = merge(run_seq, fin_run, max_new_tokens)
+                    done = torch.ones_like(done)
+                done = done.tolist()
+            else:  # 4.57: new-token lengths, and stop when no running beam could beat the worst hypothesis
+                fin_cand = top_score / ((i + 1) ** length_penalty)
+                fin_cand += (fin_flag.all(-1, keepdim=True) & (early_stopping is True)).to(torch.float32) * NEG
+                fin_cand += (~improvable).to(torch.float32) * NEG
+                fin_cand += (~just) * NEG
+                fin_seq, fin_score, fin_len, merged = merge(cand, fin_cand, i + 1)
+                fin_flag = pick(torch.cat((fin_flag, just), 1), merged)
+                best_len = max_new_tokens if early_stopping == "never" and length_penalty > 0.0 else i + 1
+                best_running = run_score[:, :1] / (best_len ** length_penalty)
+                worst = torch.where(fin_flag, fin_score.min(dim=1, keepdim=True)[0], NEG)
+                improvable = improvable & (best_running > worst).any(-1, keepdim=True)
+                done = ~improvable[:, 0] | (fin_flag.all(-1) & (early_stopping is True)) | hits.all(-1)
+                done = done.tolist()  # the host sync of the step
             for j in (j for j in range(n) if done[j]):
                 b = int(live[j])
                 out[b] = prompts[b] + fin_seq[j, 0, :fin_len[j, 0]].tolist()
@@ -627,8 +661,7 @@ def seen_tokens(prompts, vocab_size, device=None):
 
 def penalize(scores, seen, penalty):
     """HF's RepetitionPenaltyLogitsProcessor: scores (B, V) of tokens already seen are multiplied by the penalty
-    when negative and divided by it otherwise (less likely either way); in fp32, as HF processes scores."""
-    scores = scores.float()
+    when negative and divided by it otherwise (less likely either way)."""
     return torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
 
 

@@ -42,8 +42,9 @@ PANDALM_INSTRUCTIONS = BENCHMARKS["pandalm"]
 PANDALM_HUMAN = EVAL_DATA / "pandalm" / "testset-v1.json"
 VERDICT_ROOM = 16  # judge tokens a prompt must leave free; the verdict line is a couple of tokens
 # PandaLM's decoding (pandalm/utils/pandalm_inference.py: GenerationConfig(num_beams=4, early_stopping=True,
-# repetition_penalty=1.2), max_new_tokens=512; temperature, top_p and top_k are set there but unused without sampling)
-PANDALM_DECODING = {"num_beams": 4, "early_stopping": True, "repetition_penalty": 1.2}
+# repetition_penalty=1.2), max_new_tokens=512; temperature, top_p and top_k are set there but unused without sampling),
+# under the beam scorer of transformers 4.28.1, the version its requirements.txt pins
+PANDALM_DECODING = {"num_beams": 4, "early_stopping": True, "repetition_penalty": 1.2, "beam_scorer": "4.28"}
 PANDALM_MAX_NEW_TOKENS = 512
 
 # -----------------------------------------------------------------------------

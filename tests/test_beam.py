@@ -1,11 +1,15 @@
 """Beam search and the repetition penalty in model.generate against transformers 4.57's generate, token for token:
 tiny random LLaMAs (MHA, GQA, llama3 rope, tied head), HF's early_stopping True / False / "never", length penalties
 of both signs, one or several EOS ids or none, prompts of different lengths batched together (each equal to HF on
-that prompt alone) and equal-length prompts batched on both sides."""
+that prompt alone) and equal-length prompts batched on both sides. beam_scorer="4.28" against the outputs
+transformers 4.28.1 (PandaLM's version) gave, recorded in tests/fixtures/beam_hf428.json."""
+import json
+
 import pytest
 import torch
 
 from checkpoint import load_model
+from conftest import ROOT
 from model import penalize, seen_tokens
 from test_model import CONFIGS, hf_model
 
@@ -100,3 +104,38 @@ def test_beam_search_bad_settings(models):
         ours.generate([[1, 2]], 4, num_beams=2, temperature=0.7)
     with pytest.raises(ValueError, match="repetition_penalty must be positive"):
         ours.generate([[1, 2]], 4, repetition_penalty=0.0)
+    with pytest.raises(ValueError, match="beam_scorer must be '4.57' or '4.28'"):
+        ours.generate([[1, 2]], 4, num_beams=2, beam_scorer="4.30")
+
+
+# -----------------------------------------------------------------------------
+# transformers 4.28.1's beam scorer (PandaLM's): outputs recorded by tests/fixtures/beam_hf428.py
+
+HF428 = ROOT / "tests" / "fixtures" / "beam_hf428.json"
+
+
+def versionless_llama():
+    """A tiny random LLaMA that any transformers version builds alike: every parameter, in name order, drawn from one
+    seeded generator (HF's own initialisation differs between versions). EOS (2) made likelier."""
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
+                                   num_attention_heads=4, max_position_embeddings=128, rms_norm_eps=1e-5,
+                                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    m = transformers.LlamaForCausalLM(cfg).float().eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in sorted(m.named_parameters()):
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1 + 0.2 * noise if "norm" in name else 0.15 * noise)
+        m.lm_head.weight[2] *= 1.6
+    return m
+
+
+def test_legacy_beam_scorer_equals_transformers_4_28(tmp_path):
+    ref = json.loads(HF428.read_text())
+    versionless_llama().save_pretrained(tmp_path)
+    ours = load_model(tmp_path)
+    differs = 0
+    for kw, outs in zip(ref["settings"], ref["outputs"]):
+        assert ours.generate(ref["prompts"], ref["max_new_tokens"], eos_id=2, beam_scorer="4.28", **kw) == outs, kw
+        differs += ours.generate(ref["prompts"], ref["max_new_tokens"], eos_id=2, **kw) != outs
+    assert differs >= 2  # 4.57's scorer picks other hypotheses here: the fixture tells the two apart

@@ -441,7 +441,8 @@ def test_pandalm_and_agreement_with_a_judge_that_always_says_1(tmp_path):
     r = d["results"]["pandalm"]
     assert (r["wins"], r["ties"], r["losses"], r["win_rate"], r["unparsed"], r["judgements"]) == (3, 0, 0, 1, 0, 3)
     assert [s["judge_ab"] for s in d["samples"]] == ["1"] * 3 and "judge_ba" not in d["samples"][0]
-    assert d["config"]["judge_decoding"] == {"num_beams": 4, "early_stopping": True, "repetition_penalty": 1.2}
+    assert d["config"]["judge_decoding"] == {"num_beams": 4, "early_stopping": True, "repetition_penalty": 1.2,
+                                             "beam_scorer": "4.28"}
     assert d["config"]["judge_max_new_tokens"] == 512
     assert [s["input"] for s in d["samples"]] == [x["input"] for x in records]
     assert r["length_words_b"] == 2.0 and out.startswith("pandalm: win rate 100.00% (3 win / 0 tie / 0 lose of 3, A")
