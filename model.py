@@ -182,7 +182,8 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.self_attn = Attention(args)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
-        if args.n_experts:  # Mixtral: the feed-forward is sparse, under HF's name for it
+        self.moe = args.n_experts > 0
+        if self.moe:  # Mixtral: the feed-forward is sparse, under HF's name for it
             self.block_sparse_moe = MoEFeedForward(args)
         else:
             self.mlp = FeedForward(args)
@@ -200,7 +201,7 @@ class Block(nn.Module):
 
     def block(self, x, cos, sin, mask=None, cache=None, pos=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, pos)
-        ffn = self.mlp if hasattr(self, "mlp") else self.block_sparse_moe
+        ffn = self.block_sparse_moe if self.moe else self.mlp
         return x + ffn(self.post_attention_layernorm(x))
 
 
