@@ -25,14 +25,29 @@ from model import ModelArgs, Transformer
 from util import DataError, atomic_write, fsync_dir
 
 
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}  # model_type -> the one class read
+
+
 def args_from_hf_config(cfg, source="config.json"):
     """ModelArgs from an HF LlamaConfig dict; anything we would not compute exactly as HF does is refused."""
     def bad(msg):
         raise ValueError(f"{source}: {msg}")
 
-    archs = cfg.get("architectures") or ["LlamaForCausalLM"]
-    if cfg.get("model_type", "llama") != "llama" or archs != ["LlamaForCausalLM"]:
-        bad(f"unsupported architecture {cfg.get('model_type')!r} / {archs} (only model_type 'llama', LlamaForCausalLM)")
+    model_type = cfg.get("model_type", "llama")
+    archs = cfg.get("architectures") or [ARCHITECTURES.get(model_type, "LlamaForCausalLM")]
+    if model_type not in ARCHITECTURES or archs != [ARCHITECTURES[model_type]]:
+        bad(f"unsupported architecture {cfg.get('model_type')!r} / {archs} (only model_type 'llama', "
+            f"LlamaForCausalLM, and 'mixtral', MixtralForCausalLM)")
+    moe = {}
+    if model_type == "mixtral":
+        for key in ("num_local_experts", "num_experts_per_tok"):
+            if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
+                bad(f"{key} must be a positive integer, got {cfg.get(key)!r}")
+        if cfg["num_experts_per_tok"] > cfg["num_local_experts"]:
+            bad(f"num_experts_per_tok {cfg['num_experts_per_tok']} exceeds num_local_experts "
+                f"{cfg['num_local_experts']}")
+        moe = dict(n_experts=cfg["num_local_experts"], n_experts_per_tok=cfg["num_experts_per_tok"],
+                   sliding_window=cfg.get("sliding_window"))
     if cfg.get("hidden_act", "silu") != "silu":
         bad(f"unsupported hidden_act {cfg['hidden_act']!r} (LLaMA uses 'silu')")
     for key in ("attention_bias", "mlp_bias"):
@@ -48,7 +63,8 @@ def args_from_hf_config(cfg, source="config.json"):
     # transformers 4.x writes rope_theta + rope_scaling; 5.x writes rope_parameters (theta and scaling together)
     rope = dict(cfg.get("rope_parameters") or {})
     rope.update(cfg.get("rope_scaling") or {})
-    rope_theta = float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0)))
+    mixtral = model_type == "mixtral"  # its config class has other defaults for these two
+    rope_theta = float(cfg.get("rope_theta", rope.get("rope_theta", 1e6 if mixtral else 10000.0)))
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type == "default":
         rope_scaling = None
@@ -57,7 +73,11 @@ def args_from_hf_config(cfg, source="config.json"):
         rope_scaling["rope_type"] = rope_type
     else:
         bad(f"unsupported rope type {rope_type!r} (supported: default, linear, llama3)")
+    max_seq_len = cfg.get("max_position_embeddings", 2048)
+    if moe.get("sliding_window"):  # attention within the window is plain causal attention: never go beyond it
+        max_seq_len = min(max_seq_len, moe["sliding_window"])
     return ModelArgs(
+        **moe,
         dim=cfg["hidden_size"],
         n_layers=cfg["num_hidden_layers"],
         n_heads=n_heads,
@@ -65,10 +85,10 @@ def args_from_hf_config(cfg, source="config.json"):
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
         hidden_dim=cfg["intermediate_size"],
         vocab_size=cfg["vocab_size"],
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-5 if mixtral else 1e-6)),
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
-        max_seq_len=cfg.get("max_position_embeddings", 2048),
+        max_seq_len=max_seq_len,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         bos_id=cfg.get("bos_token_id"),
         eos_id=cfg.get("eos_token_id"),
@@ -76,7 +96,20 @@ def args_from_hf_config(cfg, source="config.json"):
 
 
 def hf_config(args, dtype=torch.float32):
-    """The config.json that makes transformers.LlamaForCausalLM build exactly this model."""
+    """The config.json that makes transformers.LlamaForCausalLM (MixtralForCausalLM) build exactly this model."""
+    if args.n_experts:
+        return {
+            "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+            **{k: v for k, v in llama_config(args, dtype).items() if k not in (
+                "architectures", "model_type", "attention_bias", "mlp_bias", "pretraining_tp")},
+            "num_local_experts": args.n_experts, "num_experts_per_tok": args.n_experts_per_tok,
+            "sliding_window": args.sliding_window, "output_router_logits": False, "router_aux_loss_coef": 0.02,
+            "router_jitter_noise": 0.0,
+        }
+    return llama_config(args, dtype)
+
+
+def llama_config(args, dtype):
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",

@@ -1,11 +1,13 @@
 """
-LLaMA 1, 2 and 3 in one readable file: the network and generation, nothing else (checkpoint.py reads and writes
-HF checkpoints).
+LLaMA 1, 2 and 3 and Mixtral in one readable file: the network and generation, nothing else (checkpoint.py reads and
+writes HF checkpoints). Mixtral is LLaMA with a sparse mixture of SwiGLU experts in place of each block's feed-forward
+(MoEFeedForward, chosen when config.json's architecture is MixtralForCausalLM).
 
     model = load_model("path/to/Llama-2-7b-hf", device="cuda", dtype=torch.bfloat16)   # from checkpoint.py
     logits = model(idx)                                   # (B, T, vocab)
     ce = model(idx, targets)                              # (B, T) per-token cross-entropy, fp32, never (B, T, vocab) fp32
     out = model.generate(prompts, max_new_tokens=64, eos_id=2)
+    out = model.generate(prompts, 512, eos_id=2, num_beams=4, early_stopping=True, repetition_penalty=1.2)  # PandaLM's
 
 Module and parameter names follow HF's, without the "model." prefix, so a checkpoint key is one string
 operation away from ours. The architecture numbers come from config.json only.
@@ -36,6 +38,9 @@ class ModelArgs:
     bos_id: int | None = 1
     eos_id: int | list | None = 2
     dropout: float = 0.0              # training only (attention and residual dropout); not saved in config.json
+    n_experts: int = 0                # > 0: Mixtral, a sparse mixture of this many SwiGLU experts in every block
+    n_experts_per_tok: int = 2        # Mixtral: the experts each token goes through (top-2 of 8)
+    sliding_window: int | None = None # Mixtral's config.json field, kept for saving (max_seq_len never exceeds it)
 
 # -----------------------------------------------------------------------------
 # building blocks
@@ -136,13 +141,52 @@ class FeedForward(nn.Module):
         return F.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), self.dropout, self.training)
 
 
+class Expert(nn.Module):
+    """One Mixtral expert: the SwiGLU of FeedForward under HF's Mixtral names (w1 gate, w3 up, w2 down)."""
+    def __init__(self, args):
+        super().__init__()
+        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
+        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class MoEFeedForward(nn.Module):
+    """Mixtral's sparse mixture of experts: a linear router scores the experts per token; softmax over all experts in
+    fp32, keep the top k, renormalise their weights to sum to 1 (HF's MixtralSparseMoeBlock order), and sum the k
+    experts' outputs with those weights. Each expert runs only on the tokens routed to it."""
+    def __init__(self, args):
+        super().__init__()
+        self.k = args.n_experts_per_tok
+        self.gate = nn.Linear(args.dim, args.n_experts, bias=False)
+        self.experts = nn.ModuleList(Expert(args) for _ in range(args.n_experts))
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])                                                    # (N, dim)
+        probs = F.softmax(self.gate(x), dim=-1, dtype=torch.float)                     # (N, E)
+        weights, chosen = torch.topk(probs, self.k, dim=-1)                            # (N, k)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)           # (N, k) summing to 1
+        out = torch.zeros_like(x)                                                      # (N, dim)
+        for e in chosen.unique().tolist():  # the experts some token chose (one host sync)
+            tok, slot = torch.where(chosen == e)                                       # (n_e,) its tokens
+            out.index_add_(0, tok, self.experts[e](x[tok]) * weights[tok, slot, None])
+        return out.view(shape)
+
+
 class Block(nn.Module):
     def __init__(self, args):
         super().__init__()
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.self_attn = Attention(args)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.mlp = FeedForward(args)
+        self.moe = args.n_experts > 0
+        if self.moe:  # Mixtral: the feed-forward is sparse, under HF's name for it
+            self.block_sparse_moe = MoEFeedForward(args)
+        else:
+            self.mlp = FeedForward(args)
         self.compiled = None  # Transformer.compile_blocks(): the compiled self.block, used when there is no KV cache
 
     def forward(self, x, cos, sin, mask=None, cache=None, pos=None):
@@ -157,7 +201,8 @@ class Block(nn.Module):
 
     def block(self, x, cos, sin, mask=None, cache=None, pos=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, pos)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        ffn = self.block_sparse_moe if self.moe else self.mlp
+        return x + ffn(self.post_attention_layernorm(x))
 
 
 # -----------------------------------------------------------------------------
@@ -359,13 +404,18 @@ class Transformer(nn.Module):
                  torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype)) for _ in self.layers]
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, top_p=None, eos_id=None, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, top_p=None, eos_id=None, generator=None,
+                 repetition_penalty=1.0, num_beams=1, length_penalty=1.0, early_stopping=False, beam_scorer="4.57"):
         """Batched generation with a static KV cache; temperature 0 is greedy (argmax, as HF's do_sample=False).
 
         idx: a LongTensor (B, T), or a list of token-id lists of different lengths. Returns prompt + new tokens:
         a (B, T + n) tensor padded after a row's EOS with the EOS id (as HF does), or, for list input, a list of
         lists, each ending at its EOS (included) or after max_new_tokens new tokens.
         eos_id: an id or a list of ids that end a row; None never stops early.
+        repetition_penalty: HF's: the score of every token already in the row (prompt included) is multiplied by it
+        when negative, divided by it when positive (on the logits here; on the log-probabilities in beam search).
+        num_beams > 1: beam search (see beam_search), with length_penalty, early_stopping and beam_scorer ("4.57":
+        transformers 4.57's rules; "4.28": 4.28.1's, which PandaLM ran).
 
         Rows of different lengths: all prompts are prefilled in one right-padded forward (causal, so no prompt
         token sees the padding after it), then every row decodes from its own position, writing its keys and
@@ -378,6 +428,18 @@ class Transformer(nn.Module):
         prompts = [list(map(int, p)) for p in idx] if as_list else idx.tolist()
         if not prompts or min(map(len, prompts)) == 0:
             raise ValueError("generate needs at least one prompt and every prompt needs at least one token")
+        if not repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be positive, got {repetition_penalty}")
+        if num_beams > 1:
+            if temperature != 0.0:
+                raise ValueError(f"beam search is deterministic here: temperature must be 0, got {temperature}")
+            out = self.beam_search(prompts, max_new_tokens, num_beams, eos_id, length_penalty, early_stopping,
+                                   repetition_penalty, beam_scorer)
+            if as_list:
+                return out
+            fill = eos_id if isinstance(eos_id, int) else eos_id[0] if eos_id else 0
+            width = max(map(len, out))
+            return torch.tensor([o + [fill] * (width - len(o)) for o in out], device=device)
         B = len(prompts)
         lens = torch.tensor([len(p) for p in prompts], device=device)
         max_len = max(map(len, prompts))
@@ -396,6 +458,7 @@ class Transformer(nn.Module):
         end = lens + max_new_tokens                                                  # (B,) a row's length
         cache = self.make_cache(B, total)
         pos = lens.clone()                                                           # (B,) where each next token goes
+        seen = None if repetition_penalty == 1.0 else seen_tokens(prompts, self.args.vocab_size, device)  # (B, V)
         for i in range(max_new_tokens):
             if i == 0:  # prefill: the hidden state of each row's last prompt token
                 h = self(tokens[:, :max_len], cache=cache, return_hidden=True)[rows, lens - 1]      # (B, dim)
@@ -404,8 +467,12 @@ class Transformer(nn.Module):
                 h = self(nxt[:, None], cache=cache, start_pos=pos - 1, mask=mask, return_hidden=True)[:, 0]
             # (B, V) logits; on CPU, MKL computes this skinny product ~1.5x faster as (V, dim) @ (dim, B)
             logits = self.lm_head.weight.mm(h.T).T if h.device.type == "cpu" else self.lm_head(h)
+            if seen is not None:
+                logits = penalize(logits.float(), seen, repetition_penalty)  # in fp32, as HF processes scores
             nxt = sample(logits, temperature, top_k, top_p, generator)                          # (B,)
             nxt = torch.where(done, fill, nxt)
+            if seen is not None:
+                seen[rows, nxt] = True
             tokens[rows, pos] = nxt
             finished = ~done & torch.isin(nxt, eos)
             end = torch.where(finished, pos + 1, end)
@@ -416,6 +483,161 @@ class Transformer(nn.Module):
         if as_list:
             return [tokens[b, :int(end[b])].tolist() for b in range(B)]
         return tokens[:, :int(end.max())]
+
+    @torch.no_grad()
+    def beam_search(self, prompts, max_new_tokens, num_beams, eos_id=None, length_penalty=1.0, early_stopping=False,
+                    repetition_penalty=1.0, beam_scorer="4.57"):
+        """Beam search over token-id lists of different lengths, each prompt as transformers 4.57's
+        generate(num_beams=K, do_sample=False) runs it alone: returns one list per prompt, prompt + the best finished
+        hypothesis (ending at its EOS, included, or after max_new_tokens).
+
+        HF's rules, step for step (GenerationMixin._beam_search): the next-token log-softmax in fp32, the repetition
+        penalty applied to it, plus each beam's running score; the top max(2, 1 + n_eos) * K of the K * V candidates;
+        those ending in EOS (or reaching max_new_tokens) among the first K become finished hypotheses scored
+        sum(log p) / new_tokens ** length_penalty, the best K unfinished ones run on. A prompt is done when
+        early_stopping is True and it holds K finished hypotheses, or when no running beam could beat its worst
+        finished one (early_stopping False: judged at the current length; "never": at max_new_tokens when
+        length_penalty > 0). The K beams of a prompt share its prefill; each step the cache rows follow their beams
+        (only the positions written so far are copied), and a done prompt leaves the batch.
+
+        beam_scorer="4.28": transformers 4.28.1's BeamSearchScorer instead (PandaLM pinned that version): the top 2K
+        candidates; a finished hypothesis is scored in float64 by sum(log p) / len ** length_penalty with len the
+        whole sequence before its EOS, prompt included; a prompt is done once it holds K hypotheses and (unless
+        early_stopping is True) the best candidate, divided by the current whole length (early_stopping "never" and
+        length_penalty > 0: the whole maximum length), cannot beat the worst; at max_new_tokens the running beams of
+        a prompt not done join its hypotheses.
+        """
+        device = self.lm_head.weight.device
+        K, B, V = num_beams, len(prompts), self.args.vocab_size
+        lens = torch.tensor([len(p) for p in prompts], device=device)
+        max_len = max(map(len, prompts))
+        if max_len + max_new_tokens > self.args.max_seq_len:
+            raise ValueError(f"prompt ({max_len}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
+                             f"{self.args.max_seq_len}")
+        if early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+        if beam_scorer not in ("4.57", "4.28"):
+            raise ValueError(f"beam_scorer must be '4.57' or '4.28' (transformers' versions), got {beam_scorer!r}")
+        legacy = beam_scorer == "4.28"
+        eos = torch.tensor([] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id),
+                           device=device, dtype=torch.long)
+        fill = int(eos[0]) if len(eos) else 0
+        keep = (2 if legacy else max(2, 1 + len(eos))) * K    # candidates kept per prompt: enough to continue K beams
+        first_k = torch.arange(keep, device=device) < K       # only these may become finished hypotheses
+        NEG = -1.0e9                                          # HF's "impossible" score
+
+        tokens = torch.full((B, max_len), fill, dtype=torch.long, device=device)
+        for b, p in enumerate(prompts):
+            tokens[b, :len(p)] = torch.tensor(p, device=device)
+        cache = self.make_cache(B, max_len + max_new_tokens)
+        h = self(tokens, cache=cache, return_hidden=True)[torch.arange(B, device=device), lens - 1]   # (B, dim)
+        # (B*K, V), every beam alike; 4.57 casts to fp32 first, 4.28 took the log-softmax in the model's dtype
+        logits = self.lm_head(h).repeat_interleave(K, 0)
+        cache = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v in cache]
+        seen = None
+        if repetition_penalty != 1.0:
+            seen = seen_tokens(prompts, V, device).repeat_interleave(K, 0)           # (B*K, V)
+        pos = lens.repeat_interleave(K)                                               # (B*K,) where the next token goes
+        ar = torch.arange(max_len + max_new_tokens, device=device)
+
+        # per live prompt (n of them): K running beams and K finished hypotheses, as HF keeps them
+        run_seq = torch.full((B, K, max_new_tokens), fill, dtype=torch.long, device=device)
+        run_score = torch.zeros(B, K, device=device)
+        run_score[:, 1:] = NEG                                # all beams start alike: only the first one counts
+        fin_seq, fin_len = run_seq.clone(), torch.zeros(B, K, dtype=torch.long, device=device)
+        fin_score = torch.full((B, K), -math.inf, dtype=torch.float64, device=device) if legacy else \
+            torch.full((B, K), NEG, device=device)
+        fin_flag = torch.zeros(B, K, dtype=torch.bool, device=device)
+        improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
+        live = torch.arange(B, device=device)                 # which prompt each state row is
+        out = [None] * B
+
+        def pick(t, i):  # t (n, m, ...) gathered along dim 1 by i (n, k)
+            return t.gather(1, i.view(*i.shape, *[1] * (t.dim() - 2)).expand(*i.shape, *t.shape[2:]))
+
+        for i in range(max_new_tokens):
+            if i > 0:  # each beam's last token at its own position; keys up to there
+                mask = (ar[:max_len + i] < pos[:, None])[:, None, None]                # (N, 1, 1, S)
+                h = self(nxt[:, None], cache=cache, start_pos=pos - 1, mask=mask, return_hidden=True)[:, 0]
+                logits = self.lm_head(h)                                               # (N, V)
+            n = len(live)
+            logp = F.log_softmax(logits if legacy else logits.float(), dim=-1)        # (N, V)
+            if seen is not None:
+                logp = penalize(logp, seen, repetition_penalty)
+            total = (logp.view(n, K, V) + run_score[:, :, None]).view(n, K * V)     # fp32 (run_score is)
+            top_score, top_idx = torch.topk(total, keep)                                # (n, keep)
+            parent, tok = top_idx // V, top_idx % V
+            cand = pick(run_seq, parent)                                               # (n, keep, max_new_tokens)
+            cand[:, :, i] = tok
+            last = i == max_new_tokens - 1
+            hits = torch.isin(tok, eos) | (last and not legacy)                        # (n, keep) the row stops here
+
+            # the K best candidates that did not stop run on
+            run_cand = top_score + hits.to(torch.float32) * NEG
+            nxt_idx = torch.topk(run_cand, K)[1]                                       # (n, K)
+            run_seq, run_score, run_parent = pick(cand, nxt_idx), pick(run_cand, nxt_idx), pick(parent, nxt_idx)
+
+            # stopped candidates among the first K join the finished hypotheses if they beat the worst of them
+            just = hits & first_k
+
+            def merge(seqs, scores, n_new):  # keep the K best of the finished hypotheses and (seqs, scores)
+                idx = torch.topk(torch.cat((fin_score, scores), 1), K)[1]             # (n, K)
+                return (pick(torch.cat((fin_seq, seqs), 1), idx), pick(torch.cat((fin_score, scores), 1), idx),
+                        pick(torch.cat((fin_len, torch.full_like(scores, n_new, dtype=torch.long)), 1), idx), idx)
+
+            if legacy:
+                whole = lens[live].double()[:, None]                                   # (n, 1) prompt lengths
+                fin_cand = torch.where(just, top_score.double() / (whole + i) ** length_penalty, -math.inf)
+                fin_seq, fin_score, fin_len, _ = merge(cand, fin_cand, i + 1)
+                full = (fin_score > -math.inf).all(-1)                                 # (n,) K hypotheses
+                if early_stopping is True:
+                    done = full
+                else:
+                    best_len = whole + max_new_tokens if early_stopping == "never" and length_penalty > 0 \
+                        else whole + i + 1
+                    best = top_score[:, :1].double() / best_len ** length_penalty
+                    done = full & (fin_score.min(dim=1, keepdim=True)[0] >= best)[:, 0]
+                if last:  # finalize: a prompt not done adds its running beams, with all max_new_tokens tokens
+                    fin_run = torch.where(done[:, None], -math.inf,
+                                          run_score.double() / (whole + max_new_tokens) ** length_penalty)
+                    fin_seq, fin_score, fin_len, _ = merge(run_seq, fin_run, max_new_tokens)
+                    done = torch.ones_like(done)
+                done = done.tolist()
+            else:  # 4.57: new-token lengths, and stop when no running beam could beat the worst hypothesis
+                fin_cand = top_score / ((i + 1) ** length_penalty)
+                fin_cand += (fin_flag.all(-1, keepdim=True) & (early_stopping is True)).to(torch.float32) * NEG
+                fin_cand += (~improvable).to(torch.float32) * NEG
+                fin_cand += (~just) * NEG
+                fin_seq, fin_score, fin_len, merged = merge(cand, fin_cand, i + 1)
+                fin_flag = pick(torch.cat((fin_flag, just), 1), merged)
+                best_len = max_new_tokens if early_stopping == "never" and length_penalty > 0.0 else i + 1
+                best_running = run_score[:, :1] / (best_len ** length_penalty)
+                worst = torch.where(fin_flag, fin_score.min(dim=1, keepdim=True)[0], NEG)
+                improvable = improvable & (best_running > worst).any(-1, keepdim=True)
+                done = ~improvable[:, 0] | (fin_flag.all(-1) & (early_stopping is True)) | hits.all(-1)
+                done = done.tolist()  # the host sync of the step
+            for j in (j for j in range(n) if done[j]):
+                b = int(live[j])
+                out[b] = prompts[b] + fin_seq[j, 0, :fin_len[j, 0]].tolist()
+            if all(done):
+                break
+            # the next step's beams: cache rows and state follow their parents; done prompts leave
+            go = torch.tensor([not d for d in done], device=device)
+            rows = (torch.arange(n, device=device)[:, None] * K + run_parent)[go].view(-1)   # (N',)
+            live, run_seq, run_score, fin_seq, fin_score, fin_len, fin_flag, improvable = (
+                t[go] for t in (live, run_seq, run_score, fin_seq, fin_score, fin_len, fin_flag, improvable))
+            S = max_len + i + 1  # the positions written so far
+            if len(rows) < n * K:  # a prompt left: smaller tensors
+                cache = [(k[rows], v[rows]) for k, v in cache]
+            else:
+                for k, v in cache:
+                    k[:, :, :S], v[:, :, :S] = k[rows, :, :S], v[rows, :, :S]
+            nxt = run_seq[:, :, i].reshape(-1)                                         # (N',)
+            pos = pos[rows] + 1
+            if seen is not None:
+                seen = seen[rows]
+                seen[torch.arange(len(rows), device=device), nxt] = True
+        return out
 
     def num_params(self, exclude_embedding=True):
         # the embedding lookup costs no FLOPs; a tied head is counted once, as the head
@@ -428,6 +650,20 @@ class Transformer(nn.Module):
         """Training FLOPs per token: 6N for the matmuls (forward + backward) + 12·L·H·Q·T for attention."""
         a = self.args
         return 6 * self.num_params() + 12 * a.n_layers * a.n_heads * a.head_dim * seq_len
+
+
+def seen_tokens(prompts, vocab_size, device=None):
+    """(B, V) bool: which tokens each prompt holds (the repetition penalty's memory)."""
+    seen = torch.zeros(len(prompts), vocab_size, dtype=torch.bool, device=device)
+    for b, p in enumerate(prompts):
+        seen[b, torch.tensor(p, device=device)] = True
+    return seen
+
+
+def penalize(scores, seen, penalty):
+    """HF's RepetitionPenaltyLogitsProcessor: scores (B, V) of tokens already seen are multiplied by the penalty
+    when negative and divided by it otherwise (less likely either way)."""
+    return torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
 
 
 def sample(logits, temperature=0.0, top_k=None, top_p=None, generator=None):

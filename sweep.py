@@ -238,7 +238,9 @@ def score_rows(cond, run_dir):
     for name in ("alpaca_eval", "pandalm"):
         r = (read(f"eval_{name}.json") or {}).get("results", {}).get(name)
         if r:
-            rows.append({**base, "benchmark": name, "score": r["win_rate"], "metric": "win_rate", "group": "long_gen"})
+            if r["win_rate"] is not None:  # None: AlpacaEval's annotator kept no verdict (all unparsed or too long)
+                rows.append({**base, "benchmark": name, "score": r["win_rate"], "metric": "win_rate",
+                             "group": "long_gen"})
             if name == "alpaca_eval":  # the paper's Fig. 2d: generation length on AlpacaEval
                 rows.append({**base, "benchmark": "alpaca_eval_length_tokens", "score": r["length_tokens"],
                              "group": "mechanism"})

@@ -105,15 +105,17 @@ def prompt_ids(tokenizer, records):
 
 
 def complete(model, tokenizer, prompts, max_new_tokens, batch_size=32, temperature=0.0, top_p=None, seed=0,
-             progress=True):
+             progress=True, decoding=None):
     """Generate a completion for each prompt (a list of token-id lists). Returns one dict per prompt, in order:
     {"text": the continuation up to EOS, "tokens": the new ids without EOS, "eos": whether EOS was emitted}.
+    decoding: more model.generate settings (num_beams, early_stopping, length_penalty, repetition_penalty); with
+    num_beams K a batch holds batch_size // K prompts, so that batch_size counts the sequences decoded together.
 
     model.generate runs a batch without padding, from its shortest prompt one position at a time, so prompts are
     sorted by length (longest first, so that running out of memory happens at once) and cut into batches of
     similar lengths. Each prompt gets max_new_tokens, or what is left of the model's context when that is less;
-    a batch holds prompts with the same budget. Greedy results do not depend on the batching; sampled ones
-    (temperature > 0, one torch generator seeded with `seed`) do.
+    a batch holds prompts with the same budget. Greedy and beam-search results do not depend on the batching;
+    sampled ones (temperature > 0, one torch generator seeded with `seed`) do.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be positive")
@@ -122,6 +124,8 @@ def complete(model, tokenizer, prompts, max_new_tokens, batch_size=32, temperatu
         if len(p) >= ctx:
             raise ValueError(f"prompt {i} has {len(p)} tokens: no room to generate in the model's {ctx}-token context")
     budget = [min(max_new_tokens, ctx - len(p)) for p in prompts]
+    decoding = decoding or {}
+    batch_size = max(1, batch_size // decoding.get("num_beams", 1))
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     batches = []
     for i in order:
@@ -141,7 +145,7 @@ def complete(model, tokenizer, prompts, max_new_tokens, batch_size=32, temperatu
     try:
         for batch in batches:
             outs = model.generate([prompts[i] for i in batch], budget[batch[0]], temperature=temperature,
-                                  top_p=top_p, eos_id=eos, generator=gen)
+                                  top_p=top_p, eos_id=eos, generator=gen, **decoding)
             for i, out in zip(batch, outs):
                 new = out[len(prompts[i]):]
                 hit_eos = bool(new) and new[-1] in eos

@@ -1,18 +1,26 @@
 """
-Pairwise judging by a local LLaMA judge: the paper's long-generation benchmarks (Group II: AlpacaEval, PandaLM) and
-how far to trust the judge.
+Pairwise judging by a local judge (LLaMA or Mixtral): the paper's long-generation benchmarks (Group II: AlpacaEval,
+PandaLM), each under its own protocol, and how far to trust the judge.
 
-    python eval/judge.py alpaca_eval --outputs plw01_outputs.json --judge PandaLM-7B --output plw01_ae.json
-    python eval/judge.py alpaca_eval --outputs out/plw01 --judge PandaLM-7B --output plw01_ae.json \\
+    python eval/judge.py alpaca_eval --outputs plw01_outputs.json --judge Mixtral-8x7B-Instruct --output plw01_ae.json
+    python eval/judge.py alpaca_eval --outputs out/plw01 --judge Mixtral-8x7B-Instruct --output plw01_ae.json \\
         --save_outputs plw01_outputs.json        # a model directory: its 805 completions are generated first
     python eval/judge.py pandalm --model_a out/plw01 --model_b base_pandalm.json --judge PandaLM-7B --output pl.json
     python eval/judge.py agreement --judge PandaLM-7B --output agreement.json
     (every command: --limit N for a quick run on the first N records; --device, --dtype, --batch_size)
 
+alpaca_eval follows AlpacaEval 1.0's annotator alpaca_eval_gpt4 (its prompt, one order per instruction switched as
+alpaca_eval seeds it, no ties, unparsed verdicts dropped, win rate and standard error as alpaca_eval computes them);
+pandalm and agreement follow PandaLM's pipeline (its prompt, 4 beams with a repetition penalty of 1.2, candidate 1 as
+Response 1, judged once). --annotator pandalm_both_orders / --both_orders keep the project's earlier variant.
+
 What is matched detail by detail, the output fields and why it is fast: docs/evaluation.md.
 """
 import argparse
+import ast
 import json
+import math
+import random
 import re
 import sys
 from collections import Counter
@@ -33,6 +41,11 @@ REFERENCES = {"text_davinci_003": BENCHMARKS["alpaca_eval"],  # AlpacaEval 1.0's
 PANDALM_INSTRUCTIONS = BENCHMARKS["pandalm"]
 PANDALM_HUMAN = EVAL_DATA / "pandalm" / "testset-v1.json"
 VERDICT_ROOM = 16  # judge tokens a prompt must leave free; the verdict line is a couple of tokens
+# PandaLM's decoding (pandalm/utils/pandalm_inference.py: GenerationConfig(num_beams=4, early_stopping=True,
+# repetition_penalty=1.2), max_new_tokens=512; temperature, top_p and top_k are set there but unused without sampling),
+# under the beam scorer of transformers 4.28.1, the version its requirements.txt pins
+PANDALM_DECODING = {"num_beams": 4, "early_stopping": True, "repetition_penalty": 1.2, "beam_scorer": "4.28"}
+PANDALM_MAX_NEW_TOKENS = 512
 
 # -----------------------------------------------------------------------------
 # PandaLM's prompt and verdict (pandalm/utils/pandalm_inference.py)
@@ -86,24 +99,29 @@ def judge_bos_id(path, tok):
     return tok.bos_id
 
 
-def fit_prompt(tok, limit, instruction, input, r1, r2, bos=None):
-    """[BOS] + tokens of the judge prompt in at most `limit` tokens: (ids, truncated), ids None when even empty
-    responses do not fit. Responses are cut at their ends to a common token cap, so the longer one loses first.
-    bos: the BOS id (default the tokenizer's)."""
-    head = [tok.bos_id if bos is None else bos]
-    ids = head + tok.encode(pandalm_prompt(instruction, input, r1, r2))
+def fit(tok, limit, build, r1, r2, prep=lambda r: r):
+    """build(r1, r2) -> prompt ids, in at most `limit` tokens: (ids, truncated), ids None when even empty responses do
+    not fit. Responses (as prep leaves them) are cut at their ends to a common token cap, so the longer loses first."""
+    ids = build(r1, r2)
     if len(ids) <= limit:
         return ids, False
-    t1, t2 = tok.encode(clean(r1)), tok.encode(clean(r2))
+    t1, t2 = tok.encode(prep(r1)), tok.encode(prep(r2))
     over, cap = len(ids) - limit, max(len(t1), len(t2))
     while cap > 0:
         while cap > 0 and (len(t1) - min(len(t1), cap)) + (len(t2) - min(len(t2), cap)) < over:
             cap -= 1
-        ids = head + tok.encode(pandalm_prompt(instruction, input, tok.decode(t1[:cap]), tok.decode(t2[:cap])))
+        ids = build(tok.decode(t1[:cap]), tok.decode(t2[:cap]))
         if len(ids) <= limit:
             return ids, True
         over += len(ids) - limit  # re-encoding at the cut may not save exactly the tokens cut: cut more
     return None, True
+
+
+def fit_prompt(tok, limit, instruction, input, r1, r2, bos=None):
+    """[BOS] + tokens of PandaLM's judge prompt in at most `limit` tokens (fit); bos: the BOS id (default the
+    tokenizer's)."""
+    head = [tok.bos_id if bos is None else bos]
+    return fit(tok, limit, lambda a, b: head + tok.encode(pandalm_prompt(instruction, input, a, b)), r1, r2, clean)
 
 
 def for_a(verdict, a_first):
@@ -121,13 +139,15 @@ def combine(v_ab, v_ba):
     return outcome(for_a(v_ab, True) + for_a(v_ba, False))
 
 
-def judge_pairs(pairs, tok, ctx, run, bos=None):
-    """Judge every pair (instruction, input, response_a, response_b) in both orders. run(prompt_ids) -> generated
-    texts, one per prompt (the judge model); bos: the judge's BOS id. Returns one sample per pair."""
+def judge_pairs(pairs, tok, ctx, run, bos=None, both_orders=True):
+    """Judge every pair (instruction, input, response_a, response_b) with PandaLM's prompt: A as Response 1 (PandaLM's
+    protocol), and with both_orders also B as Response 1. run(prompt_ids) -> generated texts, one per prompt (the
+    judge model); bos: the judge's BOS id. Returns one sample per pair."""
     limit = ctx - VERDICT_ROOM
+    orders = ("ab", "ba") if both_orders else ("ab",)
     prompts, fitted = [], []
     for ins, inp, a, b in pairs:
-        for r1, r2 in ((a, b), (b, a)):
+        for r1, r2 in ((a, b), (b, a))[:len(orders)]:
             ids, cut = fit_prompt(tok, limit, ins, inp, r1, r2, bos)
             fitted.append((ids, cut))
             if ids is not None:
@@ -137,7 +157,7 @@ def judge_pairs(pairs, tok, ctx, run, bos=None):
     for k, (ins, inp, a, b) in enumerate(pairs):
         s = {"instruction": ins, **({"input": inp} if inp else {}), "response_a": a, "response_b": b,
              "truncated": False, "too_long": False}
-        for order, (ids, cut) in zip(("ab", "ba"), fitted[2 * k: 2 * k + 2]):
+        for order, (ids, cut) in zip(orders, fitted[len(orders) * k: len(orders) * (k + 1)]):
             if ids is None:  # not judged: a tie
                 s["too_long"] = True
                 s[f"judge_{order}"], s[f"verdict_{order}"], s[f"parsed_{order}"] = "", 0, False
@@ -145,22 +165,134 @@ def judge_pairs(pairs, tok, ctx, run, bos=None):
                 s["truncated"] |= cut
                 s[f"judge_{order}"] = next(texts)
                 s[f"verdict_{order}"], s[f"parsed_{order}"] = parse_verdict(s[f"judge_{order}"])
-        s["result"] = combine(s["verdict_ab"], s["verdict_ba"])
+        s["result"] = (combine(s["verdict_ab"], s["verdict_ba"]) if both_orders
+                       else outcome(for_a(s["verdict_ab"], True)))
         samples.append(s)
     return samples
 
 
 def tally(samples):
-    """Win / tie / lose counts of A over both orders, the win rate (ties half) and the judge's diagnostics."""
+    """Win / tie / lose counts of A (over both orders when the samples have them), the win rate (ties half) and the
+    judge's diagnostics."""
     n = len(samples)
+    both = bool(samples) and "verdict_ba" in samples[0]
     c = Counter(s["result"] for s in samples)
-    first = Counter(outcome(for_a(s["verdict_ab"], True)) for s in samples)  # the (A, B) order alone
-    return {"n": n, "wins": c["win"], "ties": c["tie"], "losses": c["lose"],
-            "win_rate": (c["win"] + c["tie"] / 2) / n,
-            "win_rate_a_first": (first["win"] + first["tie"] / 2) / n,
-            "consistency": sum(for_a(s["verdict_ab"], True) == for_a(s["verdict_ba"], False) for s in samples) / n,
-            "unparsed": sum((not s["parsed_ab"]) + (not s["parsed_ba"]) for s in samples),  # of 2n judgements
-            "truncated": sum(s["truncated"] for s in samples), "too_long": sum(s["too_long"] for s in samples)}
+    out = {"n": n, "wins": c["win"], "ties": c["tie"], "losses": c["lose"], "win_rate": (c["win"] + c["tie"] / 2) / n}
+    if both:
+        first = Counter(outcome(for_a(s["verdict_ab"], True)) for s in samples)  # the (A, B) order alone
+        out["win_rate_a_first"] = (first["win"] + first["tie"] / 2) / n
+        out["consistency"] = sum(for_a(s["verdict_ab"], True) == for_a(s["verdict_ba"], False) for s in samples) / n
+    orders = ("ab", "ba") if both else ("ab",)
+    out["unparsed"] = sum(not s[f"parsed_{o}"] for s in samples for o in orders)  # of n (both orders: 2n) verdicts
+    out["judgements"] = n * len(orders)
+    out.update(truncated=sum(s["truncated"] for s in samples), too_long=sum(s["too_long"] for s in samples))
+    return out
+
+
+# -----------------------------------------------------------------------------
+# AlpacaEval 1.0's annotator, alpaca_eval_gpt4 (alpaca_eval 0.6.6: evaluators_configs/alpaca_eval_gpt4/configs.yaml,
+# annotators/pairwise_evaluator.py, processors.py, completion_parsers.py, metrics/helpers.py)
+
+ALPACA_EVAL_PROMPT = Path(__file__).resolve().parent / "prompts" / "alpaca_eval_gpt4.txt"  # verbatim, Apache-2.0
+ALPACA_EVAL_MAX_NEW_TOKENS = 100  # its configs.yaml: max_tokens 100, temperature 0 (greedy here)
+ALPACA_EVAL_SEED = 0  # the annotator's seed: PairwiseAnnotator's default, passed down to its processors
+CHAT_FORMATS = ("mixtral", "raw")
+
+
+def alpaca_eval_messages(template, instruction, output_1, output_2):
+    """[(role, content)] of the annotator prompt: alpaca_eval's make_prompts (each {field} replaced once, in the
+    template's order, text already inserted included) then prompt_to_chatml (split at <|im_start|>, the role is the
+    first line, the content up to <|im_end|>, both stripped)."""
+    text = template
+    for field, value in (("instruction", instruction), ("output_1", output_1), ("output_2", output_2)):
+        text = text.replace("{" + field + "}", str(value), 1)
+    messages = []
+    for part in text.strip().split("<|im_start|>")[1:]:
+        role, content = part.split("\n", 1)
+        messages.append((role.strip(), content.split("<|im_end|>", 1)[0].strip()))
+    return text, messages
+
+
+def render_chat(text, messages, chat_format):
+    """The judge's input text. mixtral: Mixtral-Instruct's [INST] turn with the system message before the user's,
+    as Mistral's chat templates fold it in ("[INST] {system}\n\n{user} [/INST]"); raw: the formatted template as
+    it is, chat markers included (what alpaca_eval's huggingface_local_completions hands a local model)."""
+    if chat_format == "raw":
+        return text
+    system = "\n\n".join(c for r, c in messages if r == "system")
+    user = "\n\n".join(c for r, c in messages if r != "system")
+    return f"[INST] {system}\n\n{user} [/INST]" if system else f"[INST] {user} [/INST]"
+
+
+def is_switched(instruction, seed=ALPACA_EVAL_SEED):
+    """RandomSwitchTwoColumnsProcessor's coin: random.Random(switch column name + instruction + seed) choosing from
+    [False, True]; True puts the model's output first (as output_1)."""
+    return random.Random("is_switched_outputs" + instruction + str(seed)).choices([False, True], k=1)[0]
+
+
+def parse_ranking(text):
+    """ranking_parser: the rank (1 or 2) the completion, read as a Python literal, gives model_1; None when unparsed
+    (an empty completion, not a literal, no model_1 entry, a rank other than 1 or 2)."""
+    try:
+        rank = [c for c in ast.literal_eval(text) if c["model"] == "model_1"][0]["rank"]
+    except Exception:  # alpaca_eval catches everything here, and so do we: any failure is "unparsed"
+        return None
+    return int(rank) if rank in (1, 2) else None
+
+
+def annotate(records, tok, ctx, run, bos=None, chat_format="mixtral", template=None,
+             room=ALPACA_EVAL_MAX_NEW_TOKENS):
+    """AlpacaEval's annotation of records (instruction, reference output, model output): output_1 is the reference,
+    output_2 the model, as alpaca_eval's evaluate() passes them; identical outputs get preference 1.5 unjudged; the
+    others are switched or not by is_switched and judged once; preference 1 (reference), 2 (model) or None
+    (unparsed, dropped later). run(prompt_ids) -> texts; a prompt is fitted into ctx - room tokens (room: the judge's
+    max_new_tokens), or not judged at all (too_long, dropped like an unparsed one)."""
+    template = template if template is not None else ALPACA_EVAL_PROMPT.read_text()
+    head = [tok.bos_id if bos is None else bos]
+    samples, prompts = [], []
+    for ins, ref, out in records:
+        s = {"instruction": ins, "output_1": ref, "output_2": out, "switched": is_switched(ins), "truncated": False,
+             "too_long": False, "judge": None, "preference": 1.5 if ref == out else None}
+        if ref != out:
+            def build(o1, o2):
+                text, messages = alpaca_eval_messages(template, ins, o1, o2)
+                return head + tok.encode(render_chat(text, messages, chat_format))
+            first, second = (out, ref) if s["switched"] else (ref, out)
+            ids, cut = fit(tok, ctx - room, build, first, second)
+            s["too_long"], s["truncated"] = ids is None, cut and ids is not None
+            if ids is not None:
+                prompts.append(ids)
+        samples.append(s)
+    texts = iter(run(prompts)) if prompts else iter(())
+    for s in samples:
+        if s["preference"] is None and not s["too_long"]:
+            s["judge"] = next(texts)
+            rank = parse_ranking(s["judge"])
+            s["preference"] = None if rank is None else 3 - rank if s["switched"] else rank
+    return samples
+
+
+def win_rate(preferences):
+    """alpaca_eval's win rate of output_2 (AbsoluteScoringRule.describe_head2head): preferences (1, 2, 1.5 or None)
+    minus 1, the None ones dropped; win_rate the mean, standard_error the standard error of the mean (pandas' sem,
+    ddof 1), both as fractions (alpaca_eval prints them x 100). None where there is nothing (or one value) to
+    average."""
+    p = [x - 1 for x in preferences if x is not None]
+    n = len(p)
+    mean = sum(p) / n if n else None
+    sem = math.sqrt(sum((x - mean) ** 2 for x in p) / (n - 1) / n) if n > 1 else None
+    return {"win_rate": mean, "standard_error": sem, "n_wins": sum(x > 0.5 for x in p),
+            "n_wins_base": sum(x < 0.5 for x in p), "n_draws": sum(x == 0.5 for x in p), "n_total": n}
+
+
+def alpaca_eval_tally(samples):
+    out = win_rate([s["preference"] for s in samples])
+    judged = [s for s in samples if s["judge"] is not None]
+    out.update(n=len(samples), unparsed=sum(s["preference"] is None for s in judged), judged=len(judged),
+               identical=sum(s["output_1"] == s["output_2"] for s in samples),
+               switched=sum(s["switched"] for s in judged), truncated=sum(s["truncated"] for s in samples),
+               too_long=sum(s["too_long"] for s in samples))
+    return out
 
 
 def agreement_metrics(pred, gold):
@@ -251,17 +383,29 @@ def generate_for(path, records, args):
     return rows, stats
 
 
-def run_judge(args, pairs):
-    """Load the judge and judge pairs in both orders (batched KV-cache generation)."""
+def judge_decoding(args, protocol):
+    """(max_new_tokens, model.generate settings) of the judge under a protocol; --greedy and --judge_max_new_tokens
+    override them."""
+    if protocol == "alpaca_eval_gpt4":
+        n, decoding = ALPACA_EVAL_MAX_NEW_TOKENS, {}
+    else:
+        n, decoding = PANDALM_MAX_NEW_TOKENS, ({} if getattr(args, "greedy", False) else dict(PANDALM_DECODING))
+    return args.judge_max_new_tokens or n, decoding
+
+
+def run_judge(args, protocol, judge_fn):
+    """Load the judge and call judge_fn(tok, ctx, run, bos, max_new_tokens) with run(prompt_ids) -> texts, the
+    judge's batched KV-cache generation under the protocol's decoding. Returns (judge_fn's result, tok)."""
     judge, tok = load_model_and_tokenizer(args.judge, args.device, args.dtype)
     bos = judge_bos_id(args.judge, tok)
+    n, decoding = judge_decoding(args, protocol)
 
     def run(prompts):
-        return [c["text"] for c in complete(judge, tok, prompts, args.judge_max_new_tokens, args.batch_size)]
+        return [c["text"] for c in complete(judge, tok, prompts, n, args.batch_size, decoding=decoding)]
 
-    samples = judge_pairs(pairs, tok, judge.args.max_seq_len, run, bos)
+    out = judge_fn(tok, judge.args.max_seq_len, run, bos, n)
     release(judge)
-    return samples, tok
+    return out, tok
 
 # -----------------------------------------------------------------------------
 # commands
@@ -284,13 +428,20 @@ def cmd_alpaca_eval(args):
         outputs = [r["output"] for r in rows]
         res["hit_max_new_tokens"] = stats["hit_max_new_tokens"]
     refs = [reference[k]["output"] for k in keys]
-    samples, tok = run_judge(args, [(i, x, a, b) for (i, x), a, b in zip(keys, outputs, refs)])
-    res = {**tally(samples), **length_stats(tok, outputs), **res}
+    if args.annotator == "alpaca_eval_gpt4":
+        samples, tok = run_judge(args, args.annotator, lambda tok, ctx, run, bos, n: annotate(
+            [(i, a, b) for (i, _), a, b in zip(keys, refs, outputs)], tok, ctx, run, bos, args.chat_format, room=n))
+        res = {**alpaca_eval_tally(samples), **length_stats(tok, outputs), **res}
+    else:  # the project's earlier variant: PandaLM's prompt and decoding, both orders, A = the model
+        samples, tok = run_judge(args, args.annotator, lambda tok, ctx, run, bos, n: judge_pairs(
+            [(i, x, a, b) for (i, x), a, b in zip(keys, outputs, refs)], tok, ctx, run, bos))
+        res = {**tally(samples), **length_stats(tok, outputs), **res}
     ref_len = length_stats(tok, refs)
     res.update(reference_length_tokens=ref_len["length_tokens"], reference_length_words=ref_len["length_words"])
     if rows is not None and args.save_outputs:
         write_json(args.save_outputs, rows)
-    return {"alpaca_eval": res}, {"outputs": str(args.outputs), "reference": str(args.reference)}, samples
+    return {"alpaca_eval": res}, {"outputs": str(args.outputs), "reference": str(args.reference),
+                                  "annotator": args.annotator, "chat_format": args.chat_format}, samples
 
 
 def cmd_pandalm(args):
@@ -306,13 +457,15 @@ def cmd_pandalm(args):
             rows, stats = generate_for(getattr(args, f"model_{s}"), records, args)
             sides[s] = [r["output"] for r in rows]
             res[f"hit_max_new_tokens_{s}"] = stats["hit_max_new_tokens"]
-    samples, tok = run_judge(args, [(i, x, a, b) for (i, x), a, b in zip(keys, sides["a"], sides["b"])])
+    pairs = [(i, x, a, b) for (i, x), a, b in zip(keys, sides["a"], sides["b"])]
+    samples, tok = run_judge(args, "pandalm", lambda tok, ctx, run, bos, n: judge_pairs(
+        pairs, tok, ctx, run, bos, args.both_orders))
     res = {**tally(samples), **res}
     for s in "ab":
         stats = length_stats(tok, sides[s])
         res[f"length_tokens_{s}"], res[f"length_words_{s}"] = stats["length_tokens"], stats["length_words"]
     return {"pandalm": res}, {"model_a": str(args.model_a), "model_b": str(args.model_b),
-                              "instructions": str(args.instructions)}, samples
+                              "instructions": str(args.instructions), "both_orders": args.both_orders}, samples
 
 
 def human_labels(path, records):
@@ -340,29 +493,45 @@ def cmd_agreement(args):
     gold = human_labels(args.data, records)
     check_writable(args.output)
     check_judge(args.judge)
-    samples, _ = run_judge(args, [(r["instruction"], r.get("input", ""), r["response1"], r["response2"])
-                                  for r in records])
-    both = [{"win": 1, "lose": 2, "tie": 0}[s["result"]] for s in samples]
+    pairs = [(r["instruction"], r.get("input", ""), r["response1"], r["response2"]) for r in records]
+    samples, _ = run_judge(args, "pandalm", lambda tok, ctx, run, bos, n: judge_pairs(
+        pairs, tok, ctx, run, bos, args.both_orders))
     for s, g in zip(samples, gold):
         s["human"] = g
-    res = {**agreement_metrics([s["verdict_ab"] for s in samples], gold),
-           "both_orders": agreement_metrics(both, gold), "judge": tally(samples)}
-    return {"agreement": res}, {"data": str(args.data)}, samples
+    res = {**agreement_metrics([s["verdict_ab"] for s in samples], gold), "judge": tally(samples)}
+    if args.both_orders:
+        res["both_orders"] = agreement_metrics([{"win": 1, "lose": 2, "tie": 0}[s["result"]] for s in samples], gold)
+    return {"agreement": res}, {"data": str(args.data), "both_orders": args.both_orders}, samples
+
+
+def pct(x):
+    return "n/a" if x is None else f"{100 * x:.2f}"
 
 
 def report(command, res):
     """The few lines printed on stdout."""
     r = res[command]
     if command == "agreement":
-        b = r["both_orders"]
-        return (f"agreement with humans on {r['n']} pairs: accuracy {100 * r['accuracy']:.2f}, precision "
-                f"{100 * r['precision']:.2f}, recall {100 * r['recall']:.2f}, F1 {100 * r['f1']:.2f} (given order); "
-                f"both orders: accuracy {100 * b['accuracy']:.2f}, F1 {100 * b['f1']:.2f}\n"
-                f"judge: {r['judge']['unparsed']} unparsed of {2 * r['n']}, consistency "
-                f"{100 * r['judge']['consistency']:.1f}%, {r['judge']['truncated']} truncated")
-    lines = [f"{command}: win rate {100 * r['win_rate']:.2f}% ({r['wins']} win / {r['ties']} tie / {r['losses']} lose "
-             f"of {r['n']}, both orders), consistency {100 * r['consistency']:.1f}%, {r['unparsed']} unparsed of "
-             f"{2 * r['n']}, {r['truncated']} truncated, {r['too_long']} too long"]
+        j = r["judge"]
+        lines = [f"agreement with humans on {r['n']} pairs: accuracy {pct(r['accuracy'])}, precision "
+                 f"{pct(r['precision'])}, recall {pct(r['recall'])}, F1 {pct(r['f1'])} (PandaLM's order)"]
+        if "both_orders" in r:
+            b = r["both_orders"]
+            lines.append(f"both orders: accuracy {pct(b['accuracy'])}, F1 {pct(b['f1'])}, consistency "
+                         f"{100 * j['consistency']:.1f}%")
+        lines.append(f"judge: {j['unparsed']} unparsed of {j['judgements']}, {j['truncated']} truncated")
+        return "\n".join(lines)
+    if "standard_error" in r:  # AlpacaEval's annotator
+        lines = [f"{command}: win rate {pct(r['win_rate'])}% +- {pct(r['standard_error'])} (standard error; "
+                 f"{r['n_wins']} win / {r['n_draws']} draw / {r['n_wins_base']} lose of {r['n_total']} kept), "
+                 f"{r['unparsed']} unparsed of {r['judged']} judged and {r['too_long']} too long (dropped), "
+                 f"{r['identical']} identical (draws), {r['truncated']} truncated"]
+    else:
+        orders = "both orders" if "consistency" in r else "A as Response 1"
+        lines = [f"{command}: win rate {pct(r['win_rate'])}% ({r['wins']} win / {r['ties']} tie / {r['losses']} lose "
+                 f"of {r['n']}, {orders}), {r['unparsed']} unparsed of {r['judgements']}, {r['truncated']} truncated, "
+                 f"{r['too_long']} too long" + (f", consistency {100 * r['consistency']:.1f}%" if "consistency" in r
+                                                else "")]
     if command == "alpaca_eval":
         lines.append(f"length: {r['length_tokens']:.1f} tokens, {r['length_words']:.1f} words (reference "
                      f"{r['reference_length_tokens']:.1f} tokens, {r['reference_length_words']:.1f} words)")
@@ -373,23 +542,36 @@ def report(command, res):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Pairwise judging by a local LLaMA judge with PandaLM's prompt.")
+    p = argparse.ArgumentParser(description="Pairwise judging by a local judge under AlpacaEval's and PandaLM's "
+                                            "protocols.")
     sub = p.add_subparsers(dest="command", required=True)
     cmds = {"alpaca_eval": sub.add_parser("alpaca_eval", help="model outputs vs AlpacaEval's reference outputs"),
             "pandalm": sub.add_parser("pandalm", help="model A vs model B on PandaLM's 170 test instructions"),
             "agreement": sub.add_parser("agreement", help="the judge vs PandaLM's 999 human-labelled pairs")}
     for q in cmds.values():
-        q.add_argument("--judge", required=True, help="HF LLaMA directory of the judge (e.g. PandaLM-7B)")
+        q.add_argument("--judge", required=True, help="HF LLaMA or Mixtral directory of the judge")
         q.add_argument("--output", required=True, help="results JSON to write")
         q.add_argument("--limit", type=int, help="only the first N records (quick runs)")
-        q.add_argument("--judge_max_new_tokens", type=int, default=512, help="judge generation limit (default 512)")
-        q.add_argument("--batch_size", type=int, default=32)
+        q.add_argument("--judge_max_new_tokens", type=int, help="judge generation limit (default: the protocol's, "
+                       "PandaLM 512, alpaca_eval_gpt4 100)")
+        q.add_argument("--batch_size", type=int, default=32, help="sequences decoded together (prompts x beams)")
         q.add_argument("--device", help="cpu or cuda (default: cuda when available)")
         q.add_argument("--dtype", choices=list(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
     for name in ("alpaca_eval", "pandalm"):
         cmds[name].add_argument("--max_new_tokens", type=int, default=512,
                                 help="generation limit of a model given as a directory (default 512)")
+    for name in ("pandalm", "agreement"):
+        cmds[name].add_argument("--both_orders", action="store_true", help="also judge each pair with B as Response 1 "
+                                "and combine the two verdicts (the project's variant, not PandaLM's protocol)")
+    for name in ("pandalm", "agreement", "alpaca_eval"):
+        cmds[name].add_argument("--greedy", action="store_true", help="PandaLM's prompt decoded greedily instead of "
+                                "with PandaLM's 4 beams and repetition penalty 1.2")
     q = cmds["alpaca_eval"]
+    q.add_argument("--annotator", choices=["alpaca_eval_gpt4", "pandalm_both_orders"], default="alpaca_eval_gpt4",
+                   help="alpaca_eval_gpt4 (default): AlpacaEval 1.0's annotator protocol; pandalm_both_orders: "
+                   "PandaLM's prompt, both orders (the project's earlier variant)")
+    q.add_argument("--chat_format", choices=CHAT_FORMATS, default="mixtral", help="how alpaca_eval_gpt4's chat "
+                   "prompt reaches the judge: mixtral ([INST] ... [/INST], default) or raw (the template text as is)")
     q.add_argument("--outputs", required=True, help="model_outputs JSON, or an HF model directory to generate with")
     q.add_argument("--reference", default="text_davinci_003", help="reference model_outputs JSON, or "
                    "text_davinci_003 (default) / gpt4_1106_preview (../shared/data/eval/alpaca_eval)")
@@ -406,8 +588,10 @@ def main(argv=None):
 
     command = {"alpaca_eval": cmd_alpaca_eval, "pandalm": cmd_pandalm, "agreement": cmd_agreement}[args.command]
     results, config, samples = command(args)
-    config.update(command=args.command, judge=str(args.judge), limit=args.limit,
-                  judge_max_new_tokens=args.judge_max_new_tokens, max_new_tokens=getattr(args, "max_new_tokens", None),
+    protocol = getattr(args, "annotator", "pandalm")
+    n, decoding = judge_decoding(args, protocol)
+    config.update(command=args.command, judge=str(args.judge), limit=args.limit, judge_max_new_tokens=n,
+                  judge_decoding=decoding or "greedy", max_new_tokens=getattr(args, "max_new_tokens", None),
                   device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     write_json(args.output, {"results": results, "config": config, "samples": samples})
     print(report(args.command, results))

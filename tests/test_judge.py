@@ -1,6 +1,8 @@
 """eval/judge.py: PandaLM's judge prompt and verdict rules (expected strings written out from
-pandalm/utils/pandalm_inference.py), both-order aggregation, agreement metrics against sklearn, the three commands
-end to end on the stories260K fixture (and on a scripted judge that always answers "1"), and bad input."""
+pandalm/utils/pandalm_inference.py), PandaLM's single order and the both-order variant, AlpacaEval 1.0's annotator
+protocol (prompt, seeded order, ranking parser, win rate and standard error) against alpaca_eval's own code where it is
+installed and on hand-made verdicts, agreement metrics against sklearn, the three commands end to end on the
+stories260K fixture, on a scripted judge that always answers "1" and on a tiny random Mixtral, and bad input."""
 import json
 import os
 import shutil
@@ -12,8 +14,9 @@ import torch
 
 from conftest import ROOT, SHARED, STORIES, require
 from checkpoint import save_model
-from eval.judge import (agreement_metrics, combine, fit_prompt, human_labels, judge_bos_id, judge_pairs, main,
-                        pandalm_prompt, parse_verdict, tally)
+from eval.judge import (ALPACA_EVAL_PROMPT, agreement_metrics, alpaca_eval_messages, alpaca_eval_tally, annotate,
+                        combine, fit_prompt, human_labels, is_switched, judge_bos_id, judge_pairs, main, pandalm_prompt,
+                        parse_ranking, parse_verdict, render_chat, tally, win_rate)
 from model import ModelArgs, Transformer
 from tokenizer import Tokenizer
 from util import cli
@@ -27,6 +30,11 @@ ONE_THREAD = True  # tiny models: one torch thread (conftest's one_thread)
 @pytest.fixture(scope="module")
 def tok():
     return Tokenizer(STORIES)
+
+
+@pytest.fixture(scope="module")
+def llama_tok():  # decode(encode(text)) == text, runs of spaces included (stories260K's normaliser folds them)
+    return Tokenizer(require(SHARED / "data" / "tokenizer" / "llama" / "tokenizer.model"))
 
 # -----------------------------------------------------------------------------
 # PandaLM's prompt and verdict
@@ -121,6 +129,19 @@ def test_a_content_judge_counts_wins_ties_and_losses(tok):
     assert samples[2]["input"] == "one two" and "input" not in samples[0]
 
 
+def test_pandalm_protocol_judges_once_with_a_as_response_1(tok):
+    seen = []
+    verdicts = iter(["1\n### Reason: x", "2", "Tie", "Response 1"])  # A wins, B wins, a tie, unparsed (a tie)
+    samples = judge_pairs(PAIRS, tok, 512, lambda prompts: seen.extend(prompts) or [next(verdicts) for _ in prompts],
+                          both_orders=False)
+    assert seen == [tok.encode(pandalm_prompt(*p), bos=True) for p in PAIRS]  # one prompt per pair, A first
+    assert [s["result"] for s in samples] == ["win", "lose", "tie", "tie"]
+    assert all("verdict_ba" not in s for s in samples)
+    t = tally(samples)
+    assert (t["wins"], t["ties"], t["losses"], t["win_rate"], t["unparsed"], t["judgements"]) == (1, 2, 1, .5, 1, 4)
+    assert "consistency" not in t
+
+
 def test_judge_bos_is_the_one_its_tokenizer_files_name(tok, tmp_path):
     assert judge_bos_id(tmp_path, tok) == tok.bos_id == 1  # no HF tokenizer files: <s>
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": {"content": "<s>", "lstrip": False}}))
@@ -152,6 +173,156 @@ def test_fit_prompt_cuts_the_longer_response_first(tok):
     # a pair that cannot fit is not judged: a tie, counted as too_long
     s = judge_pairs([("Say. " * 200, "", "x", "y")], tok, 512, lambda prompts: ["1"] * len(prompts))[0]
     assert s["too_long"] and s["result"] == "tie" and tally([s])["too_long"] == 1
+
+# -----------------------------------------------------------------------------
+# AlpacaEval 1.0's annotator (alpaca_eval_gpt4)
+
+
+def test_alpaca_eval_prompt_is_the_annotators():
+    template = ALPACA_EVAL_PROMPT.read_text()
+    text, messages = alpaca_eval_messages(template, "Name a {output_2} color.", "Red", "Blue\n")
+    assert [r for r, _ in messages] == ["system", "user"]
+    assert messages[0][1] == "You are a helpful assistant, that ranks models by the quality of their answers."
+    user = messages[1][1]
+    assert user.startswith("I want you to create a leaderboard of different of large-language models.")
+    # each field is replaced once, in the template's order: the instruction's own "{output_2}" is what the third
+    # replacement hits (alpaca_eval's make_prompts does the same), so "Blue" lands in the instruction
+    assert '"instruction": """Name a Blue\n color.""",' in user and '"answer": """{output_2}"""' in user
+    assert user.endswith("Please provide the ranking that the majority of humans would give.")
+    assert render_chat(text, messages, "raw") == text
+    assert render_chat(text, messages, "mixtral") == f"[INST] {messages[0][1]}\n\n{user} [/INST]"
+
+
+def test_alpaca_eval_seeded_order_and_parser_equal_alpaca_eval():
+    ae = pytest.importorskip("alpaca_eval")
+    import pandas as pd
+    from alpaca_eval.completion_parsers import ranking_parser
+    from alpaca_eval.processors import RandomSwitchTwoColumnsProcessor
+    ref = json.loads(require(EVAL / "alpaca_eval" / "text_davinci_003_outputs.json").read_text())
+    df = pd.DataFrame([{"instruction": r["instruction"], "output_1": "a", "output_2": "b"} for r in ref])
+    proc = RandomSwitchTwoColumnsProcessor(two_columns_to_switch=["output_1", "output_2"], random_seed_columns=
+                                           ["instruction"], _switch_column="is_switched_outputs", seed=0)
+    theirs = proc.preprocess(df)["is_switched_outputs"].tolist()
+    ours = [is_switched(r["instruction"]) for r in ref]
+    assert ours == theirs and 300 < sum(ours) < 500  # all 805 instructions; about half switched
+    for text in ["[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]",
+                 " [{'model': 'model_2', 'rank': 1}, {'model': 'model_1', 'rank': 2}]",
+                 "[{'model': 'model_1', 'rank': 3}, {'model': 'model_2', 'rank': 1}]", "model_1 is better", "",
+                 "[{'model': 'model_1', 'rank': 2.0}]", "[{'model': 'model_2', 'rank': 1}]", "{'model': 'model_1'}",
+                 "[{'model': 'model_1', 'rank': 1}]\nBecause it is longer."]:
+        try:
+            expected = ranking_parser(text)[0]
+        except ValueError:  # an empty completion raises there; the annotator records no annotation
+            expected = float("nan")
+        got = parse_ranking(text)
+        assert (got is None and expected != expected) or got == expected, text
+
+
+@pytest.mark.parametrize("text, rank", [
+    ("[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]", 1),
+    ("[{'model': 'model_2', 'rank': 1}, {'model': 'model_1', 'rank': 2}]", 2),
+    ("[{'model': 'model_1', 'rank': 3}, {'model': 'model_2', 'rank': 1}]", None),
+    ("[{'model': 'model_1', 'rank': 1}] and more text", None),   # the whole completion must be the literal
+    ("", None), ("Model 1", None),
+])
+def test_parse_ranking(text, rank):
+    assert parse_ranking(text) == rank
+
+
+def test_alpaca_eval_switch_ties_unparsed_and_standard_error(llama_tok):
+    tok = llama_tok
+    ins = ["Say hi.", "Count to three.", "Name a fruit.", "Spell cat.", "Describe the sky.", "Write a haiku."]
+    # random.Random("is_switched_outputs" + instruction + "0").choices([False, True]), as alpaca_eval 0.6.6 gave them
+    assert [is_switched(i) for i in ins] == [False, True, False, True, False, False]
+    records = [(i, "reference answer", f"model answer {k}") for k, i in enumerate(ins)]
+    records[4] = (ins[4], "same text", "same text")  # identical outputs: a draw, not judged
+    asked = []
+
+    def judge(prompts):  # prefers the first answer, except for "Write a haiku." which it cannot parse
+        asked.extend(tok.decode(p[1:]) for p in prompts)
+        return ["not a ranking" if "haiku" in tok.decode(p) else "[{'model': 'model_1', 'rank': 1}, "
+                "{'model': 'model_2', 'rank': 2}]" for p in prompts]
+
+    samples = annotate(records, tok, 2048, judge, chat_format="raw")
+    # output_1 is the reference unless switched; the judge always prefers output_1 of its prompt
+    assert [s["preference"] for s in samples] == [1, 2, 1, 2, 1.5, None]
+    assert len(asked) == 5 and '"answer": """model answer 1"""\n    },\n    {\n        "model": "model_2",\n' \
+        '        "answer": """reference answer"""' in asked[1]  # switched: the model's answer first
+    assert '"answer": """reference answer"""\n    },\n    {\n        "model": "model_2",\n' \
+        '        "answer": """model answer 0"""' in asked[0]
+    t = alpaca_eval_tally(samples)
+    # preferences - 1 = [0, 1, 0, 1, 0.5] (the unparsed one dropped): mean 0.5, sample sd 0.5, sem 0.5 / sqrt(5)
+    assert t["win_rate"] == pytest.approx(0.5) and t["standard_error"] == pytest.approx(0.5 / 5 ** 0.5)
+    assert (t["n_wins"], t["n_wins_base"], t["n_draws"], t["n_total"]) == (2, 2, 1, 5)
+    assert (t["n"], t["judged"], t["unparsed"], t["identical"], t["switched"]) == (6, 5, 1, 1, 2)
+    assert win_rate([None, None])["win_rate"] is None and win_rate([2])["standard_error"] is None
+
+
+def test_win_rate_equals_alpaca_eval():
+    pytest.importorskip("alpaca_eval")
+    from alpaca_eval.metrics import pairwise_to_winrate
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 7, 40):
+        prefs = [[1, 2, 1.5, None][int(i)] for i in torch.randint(0, 4, (n,), generator=g)] + [1, 2]
+        ours = win_rate(prefs)
+        theirs = pairwise_to_winrate([float("nan") if p is None else p for p in prefs])
+        assert 100 * ours["win_rate"] == pytest.approx(theirs["win_rate"], rel=1e-12)
+        assert 100 * ours["standard_error"] == pytest.approx(theirs["standard_error"], rel=1e-12)
+        for k in ("n_wins", "n_wins_base", "n_draws", "n_total"):
+            assert ours[k] == theirs[k], k
+
+
+def test_annotation_equals_alpaca_evals_own_annotator(llama_tok, monkeypatch):
+    """alpaca_eval's PairwiseAnnotator with the alpaca_eval_gpt4 config, its completions from a scripted judge, against
+    annotate() with the same judge: the same prompts, the same preferences, the same win rate and standard error."""
+    pytest.importorskip("alpaca_eval")
+    import alpaca_eval.annotators.base as ae_base
+    from alpaca_eval.annotators import PairwiseAnnotator
+    from alpaca_eval.metrics import get_winrate
+
+    def verdict(prompt):  # prefers an answer starting with "good"; cannot be parsed when the first is "garbage"
+        first = prompt.split('"answer": """')[1]
+        if first.startswith("garbage"):
+            return "I prefer model_1."
+        r = 1 if first.startswith("good") else 2
+        return f"[{{'model': 'model_1', 'rank': {r}}}, {{'model': 'model_2', 'rank': {3 - r}}}]"
+
+    theirs_prompts = []
+
+    def completions(prompts, **kwargs):
+        theirs_prompts.extend(prompts)
+        return {"completions": [verdict(p) for p in prompts], "price_per_example": [0.0] * len(prompts),
+                "time_per_example": [0.0] * len(prompts)}
+
+    monkeypatch.setattr(ae_base, "get_fn_completions", lambda name: completions)
+    ref = json.loads(require(EVAL / "alpaca_eval" / "text_davinci_003_outputs.json").read_text())[:24]
+    model = [{**r, "output": ["good", "bad", "garbage"][i % 3] + " answer " + str(i), "generator": "m"}
+             for i, r in enumerate(ref)]
+    model[4]["output"] = ref[4]["output"]  # identical: a draw
+    annotations = PairwiseAnnotator(annotators_config="alpaca_eval_gpt4", caching_path=None).annotate_head2head(
+        outputs_1=ref, outputs_2=model)
+    theirs = {a["instruction"]: a["preference"] for a in annotations}
+
+    ours_prompts = []
+
+    def judge(prompts):
+        texts = [llama_tok.decode(p[1:]) for p in prompts]
+        ours_prompts.extend(texts)
+        return [verdict(t) for t in texts]
+
+    samples = annotate([(r["instruction"], r["output"], m["output"]) for r, m in zip(ref, model)], llama_tok, 4096,
+                       judge, chat_format="raw")
+    ours = {s["instruction"]: s["preference"] for s in samples}
+    assert sorted(ours_prompts) == sorted(theirs_prompts) and len(ours_prompts) == 23
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert (ours[k] is None and theirs[k] != theirs[k]) or ours[k] == theirs[k], k
+    w, t = get_winrate(annotations), alpaca_eval_tally(samples)
+    assert t["unparsed"] > 0 and t["n_draws"] == 1 and t["switched"] > 0
+    assert 100 * t["win_rate"] == pytest.approx(w["win_rate"], rel=1e-12)
+    assert 100 * t["standard_error"] == pytest.approx(w["standard_error"], rel=1e-12)
+    assert (t["n_wins"], t["n_wins_base"], t["n_draws"], t["n_total"]) == tuple(
+        int(w[k]) for k in ("n_wins", "n_wins_base", "n_draws", "n_total"))
 
 # -----------------------------------------------------------------------------
 # agreement metrics
@@ -228,18 +399,32 @@ def test_alpaca_eval_end_to_end(tmp_path):
     assert code == 0, err
     d = json.loads(res.read_text())
     r = d["results"]["alpaca_eval"]
-    assert r["n"] == 3 and r["wins"] + r["ties"] + r["losses"] == 3 and 0 <= r["win_rate"] <= 1
+    # stories260K's 512-token context cannot hold AlpacaEval's annotator prompt: nothing is judged, every pair is
+    # dropped as too long, so there is no win rate (test_a_tiny_mixtral_judges_end_to_end judges)
+    assert (r["n"], r["judged"], r["too_long"], r["n_total"], r["win_rate"], r["standard_error"]) == \
+        (3, 0, 3, 0, None, None)
     assert r["hit_max_new_tokens"] == 1.0 and r["length_tokens"] > 0 and r["length_words"] > 0
-    assert out.startswith("alpaca_eval: win rate") and "length:" in out
+    assert d["config"]["annotator"] == "alpaca_eval_gpt4" and d["config"]["judge_max_new_tokens"] == 8
+    assert d["config"]["judge_decoding"] == "greedy"
+    assert out.startswith("alpaca_eval: win rate n/a% +- n/a") and "0 judged and 3 too long" in out
     rows = json.loads(outs.read_text())  # AlpacaEval's model_outputs format, for an official run elsewhere
     assert [set(x) for x in rows] == [{"instruction", "output", "generator", "dataset"}] * 3
-    assert [s["response_a"] for s in d["samples"]] == [x["output"] for x in rows]
+    assert [s["output_2"] for s in d["samples"]] == [x["output"] for x in rows]
+    assert [s["switched"] for s in d["samples"]] == [is_switched(x["instruction"]) for x in rows]
     # the saved outputs judged as a file give the same result
     code, _, err = run_main("alpaca_eval", "--outputs", outs, "--judge", STORIES, "--limit", 3,
                             "--output", tmp_path / "ae2.json", "--judge_max_new_tokens", 8, "--device", "cpu")
     assert code == 0, err
     assert json.loads((tmp_path / "ae2.json").read_text())["results"]["alpaca_eval"] == \
         {k: v for k, v in r.items() if k != "hit_max_new_tokens"}
+    # the project's earlier variant, under its own name: PandaLM's prompt, both orders, here greedy
+    code, out, err = run_main("alpaca_eval", "--outputs", outs, "--judge", STORIES, "--limit", 3, "--annotator",
+                              "pandalm_both_orders", "--greedy", "--output", tmp_path / "ae3.json",
+                              "--judge_max_new_tokens", 8, "--device", "cpu")
+    assert code == 0, err
+    r = json.loads((tmp_path / "ae3.json").read_text())["results"]["alpaca_eval"]
+    assert r["n"] == 3 and r["wins"] + r["ties"] + r["losses"] == 3 and r["judgements"] == 6 and "consistency" in r
+    assert out.startswith("alpaca_eval: win rate") and "both orders" in out
 
 
 def test_pandalm_and_agreement_with_a_judge_that_always_says_1(tmp_path):
@@ -248,18 +433,31 @@ def test_pandalm_and_agreement_with_a_judge_that_always_says_1(tmp_path):
     b = tmp_path / "b.json"
     records = json.loads((EVAL / "pandalm" / "testset-inference-v1.json").read_text())[:3]
     b.write_text(json.dumps([{**r, "output": "baseline answer"} for r in records]))
+    # PandaLM's protocol: A as Response 1, judged once with 4 beams: "1" is A's win every time
     code, out, err = run_main("pandalm", "--model_a", STORIES, "--model_b", b, "--judge", judge, "--limit", 3,
                               "--output", tmp_path / "pl.json", "--max_new_tokens", 16, "--device", "cpu")
     assert code == 0, err
     d = json.loads((tmp_path / "pl.json").read_text())
     r = d["results"]["pandalm"]
+    assert (r["wins"], r["ties"], r["losses"], r["win_rate"], r["unparsed"], r["judgements"]) == (3, 0, 0, 1, 0, 3)
+    assert [s["judge_ab"] for s in d["samples"]] == ["1"] * 3 and "judge_ba" not in d["samples"][0]
+    assert d["config"]["judge_decoding"] == {"num_beams": 4, "early_stopping": True, "repetition_penalty": 1.2,
+                                             "beam_scorer": "4.28"}
+    assert d["config"]["judge_max_new_tokens"] == 512
+    assert [s["input"] for s in d["samples"]] == [x["input"] for x in records]
+    assert r["length_words_b"] == 2.0 and out.startswith("pandalm: win rate 100.00% (3 win / 0 tie / 0 lose of 3, A")
+    # both orders (the project's variant): a judge that always says "1" gives all ties
+    code, out, err = run_main("pandalm", "--model_a", STORIES, "--model_b", b, "--judge", judge, "--limit", 3,
+                              "--both_orders", "--output", tmp_path / "pl2.json", "--max_new_tokens", 16,
+                              "--device", "cpu")
+    assert code == 0, err
+    d = json.loads((tmp_path / "pl2.json").read_text())
+    r = d["results"]["pandalm"]
     assert (r["wins"], r["ties"], r["losses"], r["win_rate"], r["consistency"], r["unparsed"]) == (0, 3, 0, .5, 0, 0)
     assert [(s["judge_ab"], s["judge_ba"]) for s in d["samples"]] == [("1", "1")] * 3
-    assert [s["input"] for s in d["samples"]] == [x["input"] for x in records]
-    assert r["length_words_b"] == 2.0 and out.startswith("pandalm: win rate 50.00% (0 win / 3 tie / 0 lose of 3")
 
     code, out, err = run_main("agreement", "--judge", judge, "--limit", 3, "--output", tmp_path / "ag.json",
-                              "--device", "cpu")
+                              "--both_orders", "--device", "cpu")
     assert code == 0, err
     r = json.loads((tmp_path / "ag.json").read_text())["results"]["agreement"]
     # the first three human labels are 2, 1, 2: "1" in the given order is right once; both orders say tie
@@ -275,6 +473,38 @@ def test_agreement_with_the_stories_model_runs(tmp_path):
     assert code == 0, err
     d = json.loads((tmp_path / "ag.json").read_text())
     assert d["results"]["agreement"]["n"] == 3 and [s["human"] for s in d["samples"]] == [2, 1, 2]
+    assert "both_orders" not in d["results"]["agreement"]
+
+
+def tiny_mixtral_judge(path):
+    """A random 2-layer Mixtral (8 experts, top 2) with stories260K's tokenizer, saved by transformers, sharded."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.MixtralConfig(vocab_size=512, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                                     num_local_experts=8, num_experts_per_tok=2, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    transformers.MixtralForCausalLM(cfg).save_pretrained(path, max_shard_size="100KB")
+    shutil.copy(STORIES / "tokenizer.model", path / "tokenizer.model")
+    return path
+
+
+def test_a_tiny_mixtral_judges_end_to_end(tmp_path):
+    require(EVAL / "alpaca_eval" / "text_davinci_003_outputs.json")
+    judge = tiny_mixtral_judge(tmp_path / "mixtral")
+    outs = tmp_path / "outs.json"
+    ref = json.loads((EVAL / "alpaca_eval" / "text_davinci_003_outputs.json").read_text())[:2]
+    outs.write_text(json.dumps([{**r, "output": "A short answer."} for r in ref]))
+    code, out, err = run_main("alpaca_eval", "--outputs", outs, "--judge", judge, "--limit", 2, "--output",
+                              tmp_path / "ae.json", "--judge_max_new_tokens", 6, "--device", "cpu")
+    assert code == 0, err
+    d = json.loads((tmp_path / "ae.json").read_text())
+    assert d["results"]["alpaca_eval"]["judged"] == 2 and all(isinstance(s["judge"], str) for s in d["samples"])
+    code, out, err = run_main("pandalm", "--model_a", outs, "--model_b", outs, "--judge", judge, "--limit", 2,
+                              "--instructions", outs, "--judge_max_new_tokens", 6, "--output", tmp_path / "pl.json",
+                              "--device", "cpu")
+    assert code == 0, err
+    r = json.loads((tmp_path / "pl.json").read_text())["results"]["pandalm"]
+    assert r["n"] == 2 and r["judgements"] == 2
 
 # -----------------------------------------------------------------------------
 # bad input: one line, exit 1, nothing written
