@@ -2,6 +2,7 @@
 # LLaMA) fine-tuned on prompt-inverted Alpaca records that fit its context with their whole completion, then measured
 # on held-out records (fit, overfitting, the learned task), on text sampled from the base model (forgetting) and by
 # the paper's mechanisms (loss RSD, weight distance, memorization). 6 PLWs x 5 seeds = 30 runs of 74 steps.
+#   python data/fetch.py --only arc_easy             # its evaluation data, once (or NANOPLW_DATA=../shared/data/eval)
 #   python sweep.py configs/study_stories.py          # one process: about 75 min on 2 shared CPU cores
 # or, as it was run (31 min, 2026-11-30): two processes of one core each, half the PLW grid each, then collect
 #   OMP_NUM_THREADS=1 python sweep.py configs/study_stories.py --plw=0,5e-4,0.01 &
@@ -35,7 +36,6 @@ sweep_plw = "0,5e-4,0.01,0.05,0.25,1"
 sweep_seeds = "1,2,3,4,5"
 sweep_tasks = "arc_easy"  # at chance at this size: kept (200 documents) to show it, and for the analysis' aggregate
 sweep_mc_limit = 200
-sweep_eval_data = "../shared/data/eval/hf"
 sweep_mem_n = 64          # memorization BLEU on 64 training prompts
 sweep_mem_max_new_tokens = 64
 sweep_heldout = "docs/study/data/heldout.json"

@@ -70,7 +70,7 @@ def read_json_list(path):
         raise DataError(f"{path}: file is empty")
     if path.name.removesuffix(".gz").endswith(".jsonl"):
         records = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a record
             if line.strip():
                 try:
                     records.append(json.loads(line))
