@@ -86,7 +86,9 @@ def tokenize(records, tokenizer, progress=False):
     # and let Ctrl-C stop it (sentencepiece's batch encode swallows the KeyboardInterrupt; check_stop sees the
     # signal's record)
     p_ids, f_ids, chunk = [], [], 4096
-    with tqdm(total=len(records), desc="tokenize", unit="ex", disable=not progress, leave=False) as bar:
+    if progress and not sys.stderr.isatty():  # no bar in a log (tqdm draws none there): one line instead
+        print(f"tokenize: {len(records):,} records", file=sys.stderr, flush=True)
+    with tqdm(total=len(records), desc="tokenize", unit="ex", disable=None if progress else True, leave=False) as bar:
         for i in range(0, len(records), chunk):
             p_ids += tokenizer.encode_batch(prompts[i:i + chunk])
             f_ids += tokenizer.encode_batch(fulls[i:i + chunk])
@@ -132,7 +134,7 @@ def download(url, dst, blob=None):
     def fetch(tmp):
         with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name, leave=False) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name, leave=False, disable=None) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -211,14 +213,17 @@ def select(data, idx, max_seq_len=None):
     return out, int((kept < lens).sum()), int((lens - kept).sum())
 
 
-def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337, cache_dir=None, verbose=True):
+def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337, cache_dir=None, verbose=True,
+                    check=None):
     """dataset (a known name or an Alpaca-format file) -> (train, val, report).
 
     train, val: {"tokens": int32, "roles": uint8, "offsets": int64 (n+1)}, each example cut to its first
     max_seq_len tokens (None: uncut); val is None when val_size == 0. The split is fixed by `seed` and does not
     depend on max_seq_len; both keep the original order. report: source, n_train, n_val, tokens, prompt_tokens
     (BOS included), completion_tokens (EOS included), truncated_examples, truncated_tokens, prompt_only_examples
-    (no completion token left after the cut), boundary_merges, cache, cache_hit, seconds (train + val counts)."""
+    (no completion token left after the cut), boundary_merges, cache, cache_hit, seconds (train + val counts).
+    check(train, val), when given, may refuse the result (train.py: nothing to train); it runs, like every other
+    check, before the cache is written, so a refusal leaves nothing behind."""
     t0 = time.time()
     if max_seq_len is not None and (not isinstance(max_seq_len, (int, np.integer)) or max_seq_len < 2):
         raise DataError(f"max_seq_len must be an integer >= 2 (BOS and one target), got {max_seq_len!r}")
@@ -245,14 +250,6 @@ def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337,
     hit = data is not None
     if not hit:
         data = tokenize(load_records(src), tok, progress=verbose)
-        try:
-
-            def save(tmp):
-                with open(tmp, "wb") as f:  # a file object: given a name, np.savez would append ".npz" to it
-                    np.savez(f, **data)
-            atomic_write(cache, save)
-        except OSError as e:
-            raise DataError(f"cannot write the cache {cache} ({e}); pass a writable cache_dir") from None
 
     n = len(data["offsets"]) - 1
     train_idx, val_idx = split_indices(n, val_size, seed)
@@ -261,6 +258,19 @@ def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337,
     if val_size:
         val, v_cut, vt_cut = select(data, val_idx, max_seq_len)
         n_cut, t_cut = n_cut + v_cut, t_cut + vt_cut
+    if check is not None:
+        check(train, val)
+    if not hit:  # every check has passed: only now does the tokenized data go to the cache
+        try:
+
+            def save(tmp):
+                with open(tmp, "wb") as f:  # a file object: given a name, np.savez would append ".npz" to it
+                    np.savez(f, **data)
+            atomic_write(cache, save)
+        except (OSError, DataError) as e:
+            what = str(e) if isinstance(e, DataError) else f"cannot write {cache}: {e.strerror or e}"
+            raise DataError(f"{what} (the tokenized-data cache); set NANOPLW_CACHE_DIR (prepare.py: --cache_dir) to a "
+                            f"writable directory") from None
     parts = [train] + ([val] if val is not None else [])
     completion = sum(int(p["roles"].sum()) for p in parts)                         # COMPLETION == 1
     tokens = sum(len(p["tokens"]) for p in parts)

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python eval/analyze.py` finds util, eval
 
 from eval.betareg import Z95, fit_beta, squeeze, vertex, wald
-from util import atomic_write, cli, write_json
+from util import atomic_write, check_writable, cli, write_json
 
 LOG10_2 = math.log10(2)  # exponent of the PLW -> w_p map
 PAPER_PLWS = (0.0, 5e-4, 2.236e-3, 0.01, 0.02463, 0.05, 0.1, 0.2463, 0.5, 1.0)  # the paper's grid
@@ -926,6 +926,8 @@ def make_figures(result, out_dir):
 # command line
 
 def run(args):
+    if args.out:  # a directory that cannot be made is named before the work, not as an OS error after it
+        check_writable(os.path.join(args.out, "table.md"))
     result = {}
     notes = []
     if args.scores:

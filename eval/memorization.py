@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
+from checkpoint import read_args
 from data.prepare import format_prompt, load_records
 from eval.bleu import bleu_stats
 from eval.generate import DTYPES, complete, load_model_and_tokenizer, prompt_ids
@@ -146,8 +147,15 @@ def main(argv=None):
     for name in ("n", "max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("samples", "max_prompt_tokens"):
+        if getattr(args, name) is not None and getattr(args, name) < (0 if name == "samples" else 1):
+            raise ValueError(f"--{name} must be {'>= 0' if name == 'samples' else 'positive'}, got {getattr(args, name)}")
     if args.output:  # before the long part, so a bad path fails at once
         check_writable(args.output)
+    context = read_args(args.model).max_seq_len  # the model's config.json alone, before loading it
+    if args.max_new_tokens > context - 1:
+        raise ValueError(f"--max_new_tokens {args.max_new_tokens} does not fit the model's context of {context} "
+                         f"tokens (a prompt needs at least its BOS): at most {context - 1}")
     records = load_records(args.data)
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.tokenizer)
     res = memorization(model, tok, records, args.n, args.seed, args.max_new_tokens, args.batch_size,
