@@ -119,6 +119,9 @@ def report_errors(name, fn, *args):
     1; Ctrl-C (or SIGTERM) one line and 128 + the signal (130 for Ctrl-C, as a shell reports it). No traceback."""
     try:
         return fn(*args) or 0
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as a shell pipeline expects
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         sig = STOP[0] if STOP else signal.SIGINT
         print(f"{name}: interrupted by {signal.Signals(sig).name}; nothing half-written is left", file=sys.stderr)

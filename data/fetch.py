@@ -2,7 +2,7 @@
 Bring every benchmark the project scores into the layout the evaluators read, from the sources lm-evaluation-harness
 0.4.13 reads (and AlpacaEval's and PandaLM's own repositories), at pinned revisions, each file checked by sha256.
 
-    python data/fetch.py                        # everything, into data/eval (or $NANOPLW_DATA): about 40 MB down
+    python data/fetch.py                        # everything, into data/eval (or $NANOPLW_DATA): about 20 MB down
     python data/fetch.py --only arc_easy,piqa   # some of them (--list names them, with their sources)
     python data/fetch.py --mirror http://host/path [--sha256sums FILE]   # a copy of the files elsewhere
     python data/fetch.py --list

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -374,3 +373,9 @@ def test_errors_name_their_file(capsys, tmp_path):
     from data.prepare import prepare_dataset
     refused(capsys, "prepare.py", lambda c: prepare_dataset(SAMPLE, STORIES, 512, cache_dir=c, verbose=False),
             tmp_path / "afile" / "cache", f"{tmp_path / 'afile'} is a file, not a directory (the tokenized-data cache)")
+
+
+def test_the_judged_benchmarks_say_how_to_get_their_data(capsys):
+    from eval import generate
+    refused(capsys, "generate.py", generate.load_prompts, generate.EVAL_DATA / "alpaca_eval" / "missing.json",
+            "missing.json: run python data/fetch.py, or point NANOPLW_DATA at a directory that has it")
