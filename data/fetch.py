@@ -257,6 +257,8 @@ def select(only):
         if group is None:
             raise DataError(f"--only: unknown {item!r} (known: {', '.join(sorted(names | set(GROUPS)))})")
         wanted += group
+    if not wanted:
+        raise DataError(f"--only {only!r} names no source (--list shows them)")
     return [s for s in SOURCES if s["name"] in wanted]
 
 

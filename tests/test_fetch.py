@@ -125,6 +125,8 @@ def test_every_source_is_pinned_to_a_commit():
                                                or s["out"].startswith("wmt/en-de/")]
     with pytest.raises(DataError, match="--only: unknown 'arc'"):
         fetch.select("arc")
+    with pytest.raises(DataError, match="names no source"):
+        fetch.select(",")
 
 
 # ---------------------------------------------------------------------------------------------- a local mirror
