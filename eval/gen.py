@@ -168,10 +168,16 @@ def wmt_doc(task, record):
     return {"prompt": prompt, "reference": " " + tr[tgt]}  # doc_to_target: ' {{translation[tgt]}}'
 
 
+def missing(task, path):
+    """The one line for a task file that is not there (TruthfulQA: either of its two forms would do)"""
+    alt = f", or {path.with_name('TruthfulQA.csv')}" if task == "truthfulqa_gen" else ""
+    return missing_data(path, f"task {task}{alt}")
+
+
 def load_records(task, data_dir):
     for path in task_files(task, data_dir):
         if not path.is_file():
-            raise missing_data(path, f"task {task}")
+            raise missing(task, path)
     if task == "truthfulqa_gen":
         return truthfulqa_records(task_files(task, data_dir)[0])
     return wmt_records(task, data_dir)
@@ -489,7 +495,7 @@ def main(argv=None):
     for t in tasks:  # missing data is reported before minutes of model loading
         for path in task_files(t, args.data_dir):
             if not path.is_file():
-                raise missing_data(path, f"task {t}")
+                raise missing(t, path)
     if args.output:
         check_writable(args.output)
     return evaluate_model(args, tasks, evaluate, format_table, max_new_tokens=args.max_new_tokens)

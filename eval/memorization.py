@@ -152,11 +152,11 @@ def main(argv=None):
             raise ValueError(f"--{name} must be {'>= 0' if name == 'samples' else 'positive'}, got {getattr(args, name)}")
     if args.output:  # before the long part, so a bad path fails at once
         check_writable(args.output)
-    context = read_args(args.model).max_seq_len  # the model's config.json alone, before loading it
-    if args.max_new_tokens > context - 1:
-        raise ValueError(f"--max_new_tokens {args.max_new_tokens} does not fit the model's context of {context} "
-                         f"tokens (a prompt needs at least its BOS): at most {context - 1}")
     records = load_records(args.data)
+    context = read_args(args.model).max_seq_len  # the model's config.json alone, before loading it
+    if args.max_new_tokens > context:  # generation stops where the context is full: more can never be generated
+        raise ValueError(f"--max_new_tokens {args.max_new_tokens} exceeds the model's context of {context} tokens "
+                         f"(in {Path(args.model) / 'config.json'}): at most {context}")
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.tokenizer)
     res = memorization(model, tok, records, args.n, args.seed, args.max_new_tokens, args.batch_size,
                        max_prompt_tokens=args.max_prompt_tokens)

@@ -72,7 +72,7 @@ def test_cuda_asked_for_without_cuda_is_one_line(capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--samples", "-1"], "--samples must be >= 0, got -1"),
-    (["--max_new_tokens", "100000000"], "--max_new_tokens 100000000 does not fit the model's context of 512 tokens"),
+    (["--max_new_tokens", "100000000"], "--max_new_tokens 100000000 exceeds the model's context of 512 tokens"),
     (["--max_prompt_tokens", "0"], "--max_prompt_tokens must be positive, got 0"),
 ])
 def test_memorization_refuses_bad_numbers(capsys, tmp_path, extra, message):
