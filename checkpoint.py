@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from safetensors import safe_open, SafetensorError
 from safetensors.torch import save_file
 
 from model import ModelArgs, Transformer
-from util import DataError, atomic_write, fsync_dir
+from util import DataError, atomic_write, check_free_space, disk_full, fsync_dir, gb
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}  # model_type -> the one class read
@@ -291,20 +292,44 @@ def write_train_state(state, path):
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
+def state_bytes(obj):
+    """The bytes of the tensors in a (nested) state: about what torch.save writes for it"""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(out, it, model_sd, args, tokenizer_path, state, keep, base_dir=None):
     final, tmp = Path(out) / f"ckpt-{it:06d}", Path(out) / f".ckpt-{it:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_hf_checkpoint(model_sd, args, tmp)
-    shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
-    for name in HF_TOKENIZER_FILES:
-        if base_dir and (Path(base_dir) / name).is_file():
-            shutil.copyfile(Path(base_dir) / name, tmp / name)
-    write_train_state(state, tmp / "train_state.pt")
-    for f in tmp.iterdir():  # model files were fsynced by save_hf_checkpoint; the others were not
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)
+    # the weights (in their own dtype, a tied head once) and the training state: refused before writing when the
+    # disk cannot hold them, and a disk that fills anyway leaves no temp directory, only this one line
+    need = state_bytes({k: v for k, v in model_sd.items() if not (args.tie_word_embeddings and k == "lm_head.weight")})
+    need += state_bytes(state) + os.path.getsize(tokenizer_path)
+    check_free_space(out, need, f"checkpoint {it}")
+    try:
+        tmp.mkdir(parents=True)
+        save_hf_checkpoint(model_sd, args, tmp)
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+        for name in HF_TOKENIZER_FILES:
+            if base_dir and (Path(base_dir) / name).is_file():
+                shutil.copyfile(Path(base_dir) / name, tmp / name)
+        write_train_state(state, tmp / "train_state.pt")
+        for f in tmp.iterdir():  # model files were fsynced by save_hf_checkpoint; the others were not
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
+    except (OSError, RuntimeError, SafetensorError, DataError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not disk_full(e):
+            raise
+        raise DataError(f"disk full while writing checkpoint {it} to {tmp}: it needs about {gb(need)}, "
+                        f"{gb(shutil.disk_usage(out).free)} is free; the last checkpoint before it is whole, so free "
+                        f"space and resume with --resume=True") from None
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -384,12 +409,70 @@ def open_log(out, start, resume):
                 return False
         keep = [l for l in log_path.read_text().splitlines() if logged_before(l)]
         atomic_write(log_path, lambda tmp: Path(tmp).write_text("".join(l + "\n" for l in keep)))
-    return open(log_path, "a")
+    return Log(log_path)
+
+
+class Log:
+    """log.jsonl, appended to: a write that fails (a full disk says only "No space left on device") is one line
+    naming the file and what to do"""
+    def __init__(self, path):
+        self.path, self.f = path, open(path, "a")
+
+    def write(self, text):
+        self._checked(self.f.write, text)
+
+    def flush(self):
+        self._checked(self.f.flush)
+
+    def close(self):
+        self.f.close()
+
+    def _checked(self, fn, *args):
+        try:
+            fn(*args)
+        except OSError as e:
+            what = "disk full" if disk_full(e) else e.strerror or str(e)
+            raise DataError(f"cannot write {self.path} ({what}): the last checkpoint is whole; free space and resume "
+                            f"with --resume=True") from None
+
+
+def damaged(ckpts, what):
+    """The one-line refusal for the last checkpoint being unreadable: which one, and what to do instead"""
+    last = ckpts[-1]
+    step = int(last.name.removeprefix("ckpt-"))
+    earlier = (f"resume from checkpoint {int(ckpts[-2].name.removeprefix('ckpt-'))} (move {last} away first) or "
+               if len(ckpts) > 1 else "")
+    return DataError(f"checkpoint {step} ({last}) is damaged: {what}; {earlier}start over with --overwrite=True")
+
+
+def check_checkpoint(ckpts):
+    """Refuse, before any long work, a last checkpoint whose files are cut short (a full disk, a killed copy): the
+    zip archive of train_state.pt and the safetensors header of each weight file must cover their files. Cheap: it
+    reads the archive's directory and the headers, not the data."""
+    last = ckpts[-1]
+    state = last / "train_state.pt"
+    try:
+        size = state.stat().st_size
+        with zipfile.ZipFile(state) as z:  # torch.save writes a zip archive: a cut file has no central directory
+            for info in z.infolist():
+                if info.header_offset + info.compress_size > size:
+                    raise zipfile.BadZipFile(f"{info.filename} runs past the end of the file")
+    except (OSError, zipfile.BadZipFile) as e:
+        raise damaged(ckpts, f"{state.name} is not whole ({e})") from None
+    try:
+        for f in checkpoint_files(last):
+            with safe_open(f, framework="pt") as sf:
+                sf.keys()
+    except (OSError, ValueError, SafetensorError) as e:
+        raise damaged(ckpts, f"its weights are not readable ({e})") from None
 
 
 def resume_state(c, ckpts, G, fingerprint, defaults, resumable):
     """The last checkpoint's training state; refused if the run was started with settings that change the update."""
-    state = torch.load(ckpts[-1] / "train_state.pt", map_location="cpu", weights_only=False, mmap=True)
+    try:
+        state = torch.load(ckpts[-1] / "train_state.pt", map_location="cpu", weights_only=False, mmap=True)
+    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise damaged(ckpts, f"train_state.pt cannot be read ({e})") from None
     was = {**defaults, **state["config"]}  # a key added since the run started had its default then
     changed = [f"{k}: {was[k]!r} -> {c[k]!r}" for k in c if k not in resumable and was[k] != c[k]]
     if state["global_batch"] != G:

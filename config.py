@@ -3,8 +3,8 @@ The one config mechanism of train.py, sweep.py and bench.py: nanoGPT's configura
 
     cfg = load_config(DEFAULTS, sys.argv[1:], source=__file__)     # -> a dict, passed explicitly from there on
 
-Arguments are config files (plain Python assignments; several stack in order) and --key=value overrides, applied
-in the order given. A key must exist in DEFAULTS and keep its type (an int where a float is expected is widened);
+Arguments are config files (plain Python assignments; several stack in order) and --key=value (or --key value)
+overrides, applied in the order given; a bool key alone (--compile) means True. A key must exist in DEFAULTS and keep its type (an int where a float is expected is widened);
 an unknown key gets a "did you mean". --help lists every key with its default and the comment beside it in the
 entry point's source. Keys with a prefix in `ignore` (e.g. sweep_ in train.py) belong to another entry point that
 reads the same config files, and are skipped.
@@ -41,6 +41,27 @@ def config_help(defaults, source):
     return "\n".join(f"  {f'--{k}={v!r}':<{width}}  {comments.get(k, '')}".rstrip() for k, v in defaults.items())
 
 
+def join_values(argv, keys):
+    """--key value -> --key=value for the names in `keys` (a dict of defaults), as the data and eval scripts take
+    them; a bool key alone, or followed by anything but True / False, is --key=True."""
+    out, i = [], 0
+    while i < len(argv):
+        arg, nxt = argv[i], argv[i + 1] if i + 1 < len(argv) else None
+        key = arg[2:]
+        i += 1
+        if not arg.startswith("--") or "=" in arg or key not in keys:
+            out.append(arg)
+        elif isinstance(keys[key], bool):
+            out.append(f"--{key}={nxt if nxt in ('True', 'False') else True}")
+            i += nxt in ("True", "False")
+        elif nxt is None or nxt.startswith("--"):
+            raise ConfigError(f"--{key} needs a value: --{key}=VALUE or --{key} VALUE (--help lists the options)")
+        else:
+            out.append(f"--{key}={nxt}")
+            i += 1
+    return out
+
+
 def load_config(defaults, argv, source=None, ignore=(), usage=""):
     """[config.py ...] [--key=value ...] -> the resolved config dict. Unknown keys and wrong types are refused with
     a ConfigError naming the key; -h/--help prints the options (from `source`'s comments) and exits 0."""
@@ -49,6 +70,7 @@ def load_config(defaults, argv, source=None, ignore=(), usage=""):
               config_help(defaults, source or sys.argv[0]))
         raise SystemExit(0)
     cfg = dict(defaults)
+    argv = join_values(argv, defaults)
 
     def assign(key, value, where):
         if key not in defaults:
@@ -64,8 +86,8 @@ def load_config(defaults, argv, source=None, ignore=(), usage=""):
     for arg in argv:
         if arg.startswith("--"):
             key, eq, text = arg[2:].partition("=")
-            if not eq:
-                raise ConfigError(f"expected --key=value, got {arg!r} (--help lists the options)")
+            if not eq:  # join_values has taken the known keys' values: this one is unknown (did you mean?)
+                assign(key, None, arg)
             try:
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):

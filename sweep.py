@@ -15,24 +15,34 @@ forgetting NLL with --forget, exact match and chrF), eval/distance.py and the lo
 output exists, so re-running continues where it stopped. Then SWEEP/scores.jsonl (one row per run and benchmark or
 mechanism, with its condition) and eval/analyze.py's table, fits and figures in SWEEP/analysis/.
 Settings: the options below, on the command line or as sweep_<name> in the config file (train.py ignores those);
-other --key=value arguments are train.py overrides for every run.
+other --key=value (or --key value) arguments are train.py overrides for every run.
+
+Before the first step everything the steps will read is checked (datasets, base models, evaluation data, the judge,
+the output directory), and so are the runs already in the sweep directory: a run trained with other settings than
+this sweep would use is refused in one line, never mixed into the same conditions. Each step's output lines are
+labelled with its run; Ctrl-C (or SIGTERM) lets the running step stop cleanly (train.py checkpoints), then exits
+with one line (a second Ctrl-C kills the step; its last checkpoint stays whole).
 """
 import itertools
 import json
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 
 import train
-from checkpoint import list_checkpoints
-from config import ConfigError, load_config
+from checkpoint import checkpoint_files, list_checkpoints, read_args
+from config import ConfigError, join_values, load_config
 from data.prepare import DATA_DIR, DATASETS, format_prompt, load_records, resolve_dataset
 from eval import analyze
 from eval.stats import LOG_KEYS, load_log, loss_rsd
-from util import atomic_write, cli
+from tokenizer import resolve as resolve_tokenizer
+from util import STOP, DataError, atomic_write, catch_stop_signals, check_writable, cli, eval_data_dir, missing_data
 
 ROOT = Path(__file__).resolve().parent
 PAPER_GRID = "0,5e-4,2.236e-3,0.01,0.02463,0.05,0.1,0.2463,0.5,1"
@@ -52,8 +62,8 @@ sweep_tasks = "arc_challenge,piqa,truthfulqa_mc2,winogrande"  # multiple-choice 
 sweep_gen_tasks = ""            # short-generation tasks of eval/gen.py, e.g. truthfulqa_gen,wmt16-de-en ("" = none)
 sweep_judge = ""                # a judge model directory for AlpacaEval and PandaLM (eval/judge.py; "" = none)
 sweep_baseline = ""             # PandaLM's baseline: model_outputs JSON or model directory ("" = no PandaLM)
-sweep_eval_data = "../shared/data/eval/hf"  # directory with <task>.jsonl in the HF-datasets layout
-sweep_gen_data = "../shared/data/eval"      # eval/gen.py's data directory
+sweep_eval_data = ""            # directory with <task>.jsonl in the HF-datasets layout ("" = $NANOPLW_DATA/hf or data/eval/hf)
+sweep_gen_data = ""             # eval/gen.py's data directory ("" = $NANOPLW_DATA or data/eval: python data/fetch.py)
 sweep_mc_limit = 0              # first N documents per multiple-choice task (0: all)
 sweep_gen_limit = 0             # first N documents per generation task and of the judged sets (0: all)
 sweep_mem_n = 10000             # training prompts for memorization BLEU (the paper: 10,000)
@@ -99,13 +109,15 @@ RECORD_ROWS = (("heldout_nll", "heldout", "completion_sum", "completion_count"),
                ("story_cloze_acc", "cloze", "acc", None), ("story_cloze", "cloze", "acc_norm", None))
 
 
-def numbers(name, text, kind=float):
+def numbers(name, text, kind=float, required=False):
     try:
         values = [kind(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"--{name} must be comma-separated numbers, got {text!r}") from None
     if any(v < 0 for v in values):
         raise ConfigError(f"--{name} must be non-negative numbers, got {text!r}")
+    if required and not values:
+        raise ConfigError(f"--{name} is empty: give at least one value (e.g. --{name}=0,0.1,1)")
     return values
 
 
@@ -121,8 +133,9 @@ def conditions(c):
         if name not in REGULARIZERS:
             raise ConfigError(f"--regularizers: unknown {name!r} (known: {', '.join(REGULARIZERS)})")
         regs.append((name, numbers("regularizers", value)[0] if value else 0.0))
-    plain = itertools.product(models, datasets, numbers("plw", s("plw")), regs[:1], seeds)
-    variants = itertools.product(models, datasets, numbers("reg_plw", s("reg_plw")), regs[1:], seeds)
+    plain = itertools.product(models, datasets, numbers("plw", s("plw"), required=True), regs[:1], seeds)
+    variants = itertools.product(models, datasets, numbers("reg_plw", s("reg_plw"), required=len(regs) > 1), regs[1:],
+                                 seeds)
     return [(m, d, p, r, v, seed) for m, d, p, (r, v), seed in itertools.chain(plain, variants)]
 
 
@@ -140,9 +153,12 @@ def run_name(c, model, dataset, plw, reg, value, seed, grid):
     return name
 
 
-def dataset_file(dataset):
-    """the file of a dataset name or path"""
-    return DATA_DIR / DATASETS[dataset]["path"] if dataset in DATASETS else Path(dataset)
+def seed_data_path(c, dataset, seed, sweep_dir, domain=False):
+    """Where seed_data puts a seed's training records (the dataset itself without sweep_train_n)"""
+    if not c["sweep_train_n"]:
+        return dataset_file(dataset)
+    name = f"{Path(str(dataset)).stem}_n{c['sweep_train_n']}_seed{seed}{'_domain' if domain else ''}.json"
+    return Path(sweep_dir) / "data" / name
 
 
 def seed_data(c, dataset, seed, sweep_dir, domain=False):
@@ -150,9 +166,9 @@ def seed_data(c, dataset, seed, sweep_dir, domain=False):
     file order), written once to SWEEP/data/; with domain=True, followed by the same records' prompts as plain-text
     records (the domain control: the prompts' English as language-model data, without the prompt loss of an
     instruction example). Without sweep_train_n: the dataset itself."""
-    n = c["sweep_train_n"]
-    if not n:
-        return dataset_file(dataset)
+    path, n = seed_data_path(c, dataset, seed, sweep_dir, domain), c["sweep_train_n"]
+    if not n or path.exists():
+        return path
     records = load_records(dataset_file(dataset))
     if n > len(records):
         raise ConfigError(f"--train_n {n} exceeds the {len(records)} records of {dataset}")
@@ -160,11 +176,9 @@ def seed_data(c, dataset, seed, sweep_dir, domain=False):
     chosen = [records[i] for i in pick]
     if domain:
         chosen += [{"text": format_prompt(r["instruction"], r["input"])} for r in chosen]
-    path = sweep_dir / "data" / f"{Path(str(dataset)).stem}_n{n}_seed{seed}{'_domain' if domain else ''}.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(chosen, indent=1)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(chosen, indent=1)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path
 
 
@@ -192,10 +206,10 @@ def commands(c, configs, overrides, cond, run_dir, sweep_dir=None):
     limit = lambda k: ["--limit", str(s(k))] if s(k) else []  # noqa: E731
     if s("tasks"):
         steps.append(("mc", run_dir / "eval_mc.json", [py, "eval/mc.py", "--model", out, "--tasks", s("tasks"),
-                      "--data_dir", s("eval_data"), "--batch_size", bs, "--output", f"{out}/eval_mc.json"] + limit("mc_limit")))
+                      "--data_dir", s("eval_data") or str(eval_data_dir() / "hf"), "--batch_size", bs, "--output", f"{out}/eval_mc.json"] + limit("mc_limit")))
     if s("gen_tasks"):
         steps.append(("gen", run_dir / "eval_gen.json", [py, "eval/gen.py", "--model", out, "--tasks", s("gen_tasks"),
-                      "--data_dir", s("gen_data"), "--batch_size", bs, "--output", f"{out}/eval_gen.json"] + limit("gen_limit")))
+                      "--data_dir", s("gen_data") or str(eval_data_dir()), "--batch_size", bs, "--output", f"{out}/eval_gen.json"] + limit("gen_limit")))
     if s("judge"):
         steps.append(("alpaca_eval", run_dir / "eval_alpaca_eval.json", [
             py, "eval/judge.py", "alpaca_eval", "--outputs", out, "--judge", s("judge"), "--batch_size", bs,
@@ -226,7 +240,12 @@ def score_rows(cond, run_dir):
     model, dataset, plw, reg, value, seed = cond
     base = {"model": Path(model).name, "dataset": dataset, "plw": plw, "regularizer": reg, "reg_value": value,
             "seed": seed, "run": str(run_dir.name)}
-    read = lambda name: json.loads((run_dir / name).read_text()) if (run_dir / name).exists() else None  # noqa: E731
+    def read(name):
+        try:
+            return json.loads((run_dir / name).read_text()) if (run_dir / name).exists() else None
+        except (OSError, ValueError) as e:  # a file damaged after its step: say which, and how to redo the step
+            raise DataError(f"{run_dir / name}: unreadable ({e}); delete it and re-run the sweep to redo that "
+                            f"step") from None
     rows = []
     for task, r in ((read("eval_mc.json") or {}).get("results") or {}).items():
         metric = MC_METRIC.get(task, "acc")
@@ -291,27 +310,185 @@ def record_rows(cond, run_dir):
     return rows
 
 
-def main(argv):
-    # one config: train.py's keys and the sweep_ settings, which may be given without their prefix
+# -----------------------------------------------------------------------------
+# before the first step: everything the steps read, and the runs already there
+
+def dataset_file(d):
+    return DATA_DIR / DATASETS[d]["path"] if d in DATASETS else Path(d)
+
+
+def check_inputs(c, grid, sweep_dir):
+    """Refuse in one line, before any step runs, what a step would fail on later: a dataset, a base model, the
+    evaluation data, the judge and its data, the held-out files, an output directory that cannot be written."""
+    from eval import gen, mc  # the evaluators' own task tables and file layouts
+    s = lambda k: c["sweep_" + k]  # noqa: E731
+    for d in dict.fromkeys(g[1] for g in grid):
+        if d not in DATASETS and not dataset_file(d).is_file():
+            raise ConfigError(f"--datasets: {d}: {'not a file' if Path(d).exists() else 'file not found'} (give an "
+                              f"Alpaca-format file or a known dataset: {', '.join(DATASETS)})")
+    for m in dict.fromkeys(g[0] for g in grid):
+        try:
+            read_args(m)
+            checkpoint_files(m)
+            resolve_tokenizer(c["tokenizer"] or m)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--models / init_from: {m}: {e}") from None
+    tasks = [t for t in s("tasks").split(",") if t]
+    mc.check_tasks(tasks) if tasks else None
+    mc_dir = Path(s("eval_data") or eval_data_dir() / "hf")
+    for t in tasks:
+        if not (mc_dir / mc.TASKS[t][0]).is_file():
+            raise missing_data(mc_dir / mc.TASKS[t][0], f"--tasks {t}", "--eval_data")
+    gen_tasks = [t for t in s("gen_tasks").split(",") if t]
+    gen.check_tasks(gen_tasks) if gen_tasks else None
+    for t in gen_tasks:
+        for f in gen.task_files(t, s("gen_data") or eval_data_dir()):
+            if not f.is_file():
+                raise missing_data(f, f"--gen_tasks {t}", "--gen_data")
+    if s("judge"):
+        from eval.generate import BENCHMARKS
+        from eval.judge import check_judge
+        try:
+            check_judge(s("judge"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--judge {s('judge')}: {e}") from None
+        needed = [BENCHMARKS["alpaca_eval"]] + ([BENCHMARKS["pandalm"]] if s("baseline") else [])
+        for f in needed:
+            if not Path(f).is_file():
+                raise missing_data(f, "the judged benchmarks' instructions", None)
+    elif s("baseline"):
+        raise ConfigError("--baseline is set but --judge is not: PandaLM needs a judge model")
+    if s("baseline") and not Path(s("baseline")).exists():
+        raise ConfigError(f"--baseline {s('baseline')}: not found (a model_outputs JSON or a model directory)")
+    for key in ("heldout", "heldout_train", "forget", "heldout_mc", "cloze"):
+        if s(key) and not Path(s(key)).is_file():
+            raise ConfigError(f"--{key} {s(key)}: file not found")
+    for d in dict.fromkeys(g[1] for g in grid):
+        if s("train_n") and d not in DATASETS and len(load_records(dataset_file(d))) < s("train_n"):
+            raise ConfigError(f"--train_n {s('train_n')} exceeds the {len(load_records(dataset_file(d)))} records of {d}")
+    check_writable(sweep_dir / "scores.jsonl")
+
+
+# train.py settings that do not change what a run computes (or are the run's own place): they may differ between a
+# run already in the sweep directory and this sweep. The global batch is compared as a product, below.
+NOT_COMPARED = (set(train.RESUMABLE_CHANGES) - {"max_iters", "epochs"}) | {"out_dir", "resume", "overwrite"}
+
+
+def expected_config(c, cond, run_dir, sweep_dir):
+    """The train.py settings this sweep would run the condition with (commands' train step)"""
+    model, dataset, plw, reg, value, seed = cond
+    want = {k: c[k] for k in train.DEFAULTS}
+    data = seed_data_path(c, dataset, seed, sweep_dir, domain=reg == "domain")
+    want.update(init_from=model, dataset=str(data), seed=seed, prompt_loss_weight=plw, out_dir=str(run_dir))
+    if reg != "none":
+        want[REGULARIZERS[reg]] = value
+    return want
+
+
+def same(a, b):
+    if a == b:
+        return True
+    return isinstance(a, str) and isinstance(b, str) and (a or b) and Path(a).resolve() == Path(b).resolve()
+
+
+def check_settings(c, cond, run_dir, sweep_dir):
+    """Refuse a run in the sweep directory that was started with other train.py settings than this sweep would
+    use for it: its finished scores and the new runs' would sit under the same conditions."""
+    recorded = run_dir / "run_config.json"
+    if not recorded.is_file():
+        return
+    try:
+        was = {**train.DEFAULTS, **json.loads(recorded.read_text())}  # a key added since then had its default
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{recorded}: unreadable ({e}); move that run away to train it again") from None
+    want = expected_config(c, cond, run_dir, sweep_dir)
+    diff = [f"{k}={was[k]!r} (now {want[k]!r})" for k in train.DEFAULTS
+            if k not in NOT_COMPARED and not same(was[k], want[k])]
+    world = was.get("world_size", 1) or 1
+    G = train.global_batch(c, world)[0]  # what this sweep would train with on the run's number of ranks
+    if "global_batch" in was and was["global_batch"] != G:
+        diff.append(f"global batch {was['global_batch']} (now {G})")
+    if diff:
+        raise ConfigError(f"{run_dir} was trained with {'; '.join(diff[:3])}{' and more' * (len(diff) > 3)}: this "
+                          f"sweep would mix two settings under one condition. Use another --sweep_dir for the new "
+                          f"setting, or give the old one back")
+
+
+# -----------------------------------------------------------------------------
+# running a step: its output lines labelled with the run, signals passed on so that it stops cleanly
+
+def pump(stream, sink, label):
+    for line in stream:
+        sink.write(f"[{label}] {line}")
+        sink.flush()
+
+
+def run_step(cmd, label):
+    """Run one step; its stdout (and its stderr, when ours is not a terminal) comes back line by line, labelled.
+    The step runs in its own session: Ctrl-C reaches sweep.py alone, which passes SIGTERM on (train.py then
+    checkpoints and exits; an evaluator stops with one line) and waits; a second Ctrl-C kills the step."""
+    tty = sys.stderr.isatty()  # a terminal keeps the step's progress bars; a log gets no bar frames, only lines
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=None if tty else subprocess.PIPE, text=True,
+                         bufsize=1, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    pumps = [threading.Thread(target=pump, args=(p.stdout, sys.stdout, label), daemon=True)]
+    if not tty:
+        pumps.append(threading.Thread(target=pump, args=(p.stderr, sys.stderr, label), daemon=True))
+    for t in pumps:
+        t.start()
+    catch_stop_signals(interrupt=False)  # record Ctrl-C / SIGTERM while the step runs; act on them here
+    sent = 0
+    try:
+        while p.poll() is None:
+            if len(STOP) > sent:
+                p.send_signal(signal.SIGTERM if sent == 0 else signal.SIGKILL)
+                if sent == 0:
+                    print(f"sweep.py: stopping {label} (Ctrl-C again kills it; its last checkpoint stays whole)",
+                          file=sys.stderr, flush=True)
+                sent = len(STOP)
+            try:
+                p.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for t in pumps:
+            t.join(timeout=10)
+        catch_stop_signals(interrupt=True)
+    if STOP:
+        raise KeyboardInterrupt  # report_errors: one line, exit 128 + signal
+    return p.returncode
+
+
+def settings(argv):
+    """-> (config: train.py's keys and the sweep_ settings, the config files, the train.py overrides every run gets).
+    Sweep settings may be given without their prefix, and as --key value."""
+    argv = join_values(argv, {**train.DEFAULTS, **SWEEP, **{k.removeprefix("sweep_"): v for k, v in SWEEP.items()}})
     argv = [f"--sweep_{a[2:]}" if a.startswith("--") and f"sweep_{a[2:].partition('=')[0]}" in SWEEP else a
             for a in argv]
-    argv = [a + "=True" if a == "--sweep_dry_run" else a for a in argv]
     c = load_config({**train.DEFAULTS, **SWEEP}, argv, source=[__file__, train.__file__],
                     usage="usage: python sweep.py config.py [...] [--setting=value ...] [--train_key=value ...]")
     train.check_config(c)
     configs = [a for a in argv if not a.startswith("--")]
     overrides = [a for a in argv if a.startswith("--") and not a.startswith(("--sweep_", "--prompt_loss_weight=",
                  "--out_dir=", "--init_from=", "--dataset=", "--seed="))]
+    return c, configs, overrides
+
+
+def main(argv):
+    c, configs, overrides = settings(argv)
     grid = conditions(c)
     if not grid:
         raise ConfigError(f"--plw must be non-negative numbers, got {c['sweep_plw']!r}")
     sweep_dir = Path(c["sweep_dir"] or c["out_dir"].rstrip("/") + "_sweep")
+    check_inputs(c, grid, sweep_dir)
+    for cond in grid:
+        check_settings(c, cond, sweep_dir / run_name(c, *cond, grid), sweep_dir)
     if not c["sweep_dry_run"]:
         for d in {g[1] for g in grid}:
             resolve_dataset(d)  # a known dataset is downloaded / inverted once, before the runs need it
 
     for cond in grid:
         run_dir = sweep_dir / run_name(c, *cond, grid)
+        label = str(run_dir.relative_to(sweep_dir))
         for name, done, cmd in commands(c, configs, overrides, cond, run_dir, sweep_dir):
             if done.exists():
                 continue
@@ -319,8 +496,8 @@ def main(argv):
             if c["sweep_dry_run"]:
                 print(line)
                 continue
-            print(f"[{run_dir.relative_to(sweep_dir)}] {name}: {line}", file=sys.stderr, flush=True)
-            if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            print(f"[{label}] {name}: {line}", file=sys.stderr, flush=True)
+            if run_step(cmd, f"{label} {name}") != 0:
                 raise ConfigError(f"{run_dir}: {name} failed; fix the cause and re-run the sweep, which continues "
                                   f"from here ({line})")
     if c["sweep_dry_run"]:

@@ -26,15 +26,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import (args_from_hf_config, checkpoint, claim_run_dir, clear_run_dir, export_final, list_checkpoints,
-                        load_model, open_log, resume_state)
+from checkpoint import (check_checkpoint, checkpoint, claim_run_dir, clear_run_dir, export_final, list_checkpoints,
+                        load_model, open_log, read_args, resume_state)
 from config import ConfigError, load_config
 from data.batch import collate, data_fingerprint, example_targets, split_by_tokens, split_micro_batches, step_examples
 from data.prepare import COMPLETION, PROMPT, TEXT, prepare_dataset
 from model import Transformer
 from optim import AdamWBF16
 from tokenizer import Tokenizer
-from util import STOP, catch_stop_signals, cli, write_json
+from util import STOP, catch_stop_signals, choose_threads, cli, write_json
 
 # -----------------------------------------------------------------------------
 # default config: Stanford Alpaca's recipe, which the paper used (LLaMA-2-7B, 3 epochs, global batch 128)
@@ -92,10 +92,11 @@ optimizer = "adamw"             # adamw: fp32 weights and state | adamw_bf16: bf
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 # what may differ when resuming: the micro-batch split of the same global batch gives the same update, and a run
-# may be extended (a longer max_iters / epochs recomputes the LR schedule from the resume point on)
+# may be extended (a longer max_iters / epochs recomputes the LR schedule from the resume point on); out_dir is where
+# the run is now (a run folder moved or copied elsewhere resumes there)
 RESUMABLE_CHANGES = {"resume", "overwrite", "log_interval", "checkpoint_interval", "keep_checkpoints", "compile",
                      "eval_interval", "batch_size", "gradient_accumulation_steps", "device", "parallel",
-                     "activation_checkpointing", "max_iters", "epochs", "tokens_per_micro_batch",
+                     "activation_checkpointing", "max_iters", "epochs", "tokens_per_micro_batch", "out_dir",
                      "global_batch_size"}  # the global batch itself is compared, however it was given
 
 
@@ -234,13 +235,6 @@ def init_distributed(device):
     return dist.get_rank(), dist.get_world_size(), dev
 
 
-def busy_note():
-    """A note when other work already keeps the CPU's cores busy (a slow quick start is then not nanoPLW's)"""
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores - 0.5:
-        return f"note: the CPU is busy (load {load:.1f} on {cores} cores): this run will be slower than on an idle machine"
-
-
 def load_base(c):
     """(tokenizer path, ModelArgs of init_from): user input, checked before the data is prepared"""
     init = Path(c["init_from"])
@@ -251,8 +245,8 @@ def load_base(c):
     try:  # a sentencepiece or tiktoken-format tokenizer.model; a model dir's config.json may set LLaMA 3's BOS / EOS
         tok = Tokenizer(c["tokenizer"] or init)
         tok_path = Path(tok.path)
-        args = args_from_hf_config(json.loads((init / "config.json").read_text()), source=str(init / "config.json"))
-    except (json.JSONDecodeError, ValueError, FileNotFoundError) as e:
+        args = read_args(init)  # a broken config.json is named
+    except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
     if tok.vocab_size != args.vocab_size:
         raise ConfigError(f"tokenizer {tok_path} has {tok.vocab_size} tokens but the model in {c['init_from']} has a "
@@ -262,8 +256,13 @@ def load_base(c):
     return tok_path, args
 
 
-def check_trainable(c, data):
-    """A run whose loss weights are all zero trains nothing: refuse it, saying why. PLW > 1 is allowed, noted."""
+def check_trainable(c, data, G):
+    """A run whose loss weights are all zero trains nothing, one with fewer examples than a global batch takes no
+    step: refuse it, saying why (prepare_dataset runs this before it writes its cache). PLW > 1 is allowed, noted."""
+    n = len(data["offsets"]) - 1
+    if n < G:
+        raise ConfigError(f"the dataset has {n} training examples, fewer than one global batch of {G}: lower "
+                          f"global_batch_size")
     roles, o = data["roles"], data["offsets"]
     targets = np.ones(len(roles), dtype=bool)
     targets[o[:-1]] = False                                                         # BOS is never a target
@@ -368,22 +367,21 @@ def setup(c):
     if master and c["prompt_loss_weight"] > 1:
         print(f"note: prompt_loss_weight {c['prompt_loss_weight']} > 1 weighs prompt tokens above completion tokens "
               f"(the paper's range is [0, 1])", file=sys.stderr)
-    note = busy_note() if master and dev == "cpu" else None
-    if note:
+    note = choose_threads(torch) if dev == "cpu" else None  # fewer threads when the cores are busy: faster there
+    if note and master:
         print(note, file=sys.stderr)
     torch.manual_seed(c["seed"])
     if dev.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls (bf16 ones are unaffected)
     ckpts = claim_run_dir(c) if master else list_checkpoints(c["out_dir"])  # rank 0 checks and writes out_dir
+    if c["resume"]:
+        check_checkpoint(ckpts)  # a damaged last checkpoint is named before the data is prepared
     tok_path, base_args = load_base(c)
 
     train_data, val_data, report = prepare_dataset(c["dataset"], c["tokenizer"] or c["init_from"], c["max_seq_len"],
-                                                   val_size=c["val_size"], seed=c["seed"], verbose=master)
-    check_trainable(c, train_data)
+                                                   val_size=c["val_size"], seed=c["seed"], verbose=master,
+                                                   check=lambda train, val: check_trainable(c, train, G))
     n = len(train_data["offsets"]) - 1
-    if n < G:
-        raise ConfigError(f"the dataset has {n} training examples, fewer than one global batch of {G}: lower "
-                          f"global_batch_size")
     per_epoch = n // G
     total = c["max_iters"] if c["max_iters"] > 0 else max(1, int(c["epochs"] * per_epoch))
     warmup = c["warmup_iters"] if c["warmup_iters"] >= 0 else math.ceil(c["warmup_ratio"] * total)
@@ -528,7 +526,8 @@ def main(argv):
     f1 = raw_model.flops_per_token(1) - f0
 
     catch_stop_signals(interrupt=False)  # from here a signal finishes the step in flight, checkpoints, exits
-    bar = tqdm(total=total, initial=run["start"], disable=not master, desc="train", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=total, initial=run["start"], disable=None if master else True, desc="train", dynamic_ncols=True,
+               file=sys.stderr)  # drawn on a terminal only: a log file gets no progress-bar frames
     t_last, window = time.time(), {"tokens": 0, "padded": 0, "flops": 0.0}
     for it in range(run["start"], total):
         s = train_step(run, model, it, autocast, pad_multiple)

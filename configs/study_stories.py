@@ -84,7 +84,7 @@ sweep_figure_measures = ("heldout_nll,train_nll,overfit_gap,forget_nll,story_clo
                          "weight_distance_l2_rel,loss_hf_rsd")
 sweep_tasks = "arc_easy"
 sweep_mc_limit = 200
-sweep_eval_data = "../shared/data/eval/hf"
+sweep_eval_data = "../shared/data/eval/hf"  # as run: ../shared's conversion of ARC-Easy (data/fetch.py's differs: docs/evaluation.md)
 sweep_mem_n = 64          # memorization BLEU on 64 training prompts
 sweep_mem_max_new_tokens = 64
 sweep_heldout = "docs/study/data/heldout.json"

@@ -1,5 +1,6 @@
 # The PLW experiment at CPU size, a few minutes: stories260K fine-tuned on prompt-inverted Alpaca records
 # (data/samples/alpaca_2k_short.json, R_g << 1) at five PLWs x two seeds, plus dropout at PLW 0 and 1, then evaluated.
+#   python data/fetch.py --only arc_easy,piqa     # its evaluation data, once (or NANOPLW_DATA=../shared/data/eval)
 #   python sweep.py configs/tiny_sweep.py
 init_from = "tests/fixtures/stories260K"
 dataset = "data/samples/alpaca_2k_short.json"
@@ -23,4 +24,3 @@ sweep_tasks = "arc_easy,piqa"
 sweep_mc_limit = 40
 sweep_mem_n = 48
 sweep_mem_max_new_tokens = 32
-sweep_eval_data = "../shared/data/eval/hf"

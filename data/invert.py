@@ -33,9 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python data/invert.py` finds data.prepare
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python data/invert.py` finds data.records
 
-from data.prepare import DATA_DIR, DATASETS, load_records
+from data.records import DATA_DIR, DATASETS, load_records
 from util import DataError, atomic_write, report_errors
 
 INSTRUCTION = "Predict the prompt that generated the following AI output."

@@ -36,12 +36,10 @@ template, split off a validation set fixed by the seed, truncate, and report wha
     python data/prepare.py --src my_data.json --tokenizer llama-7b/ --val_size 1000   # a local file
 """
 import argparse
-import gzip
 import hashlib
 import itertools
 import json
 import os
-import re
 import sys
 import time
 import urllib.request
@@ -51,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python data/prepare.py` finds tokenizer.py, data/
+from data.records import DATA_DIR, DATASETS, FIELDS, load_records, read_json_list  # noqa: E402,F401
 from util import DataError, atomic_write, check_stop, cli  # noqa: E402
 
 # the Stanford Alpaca template, byte for byte (stanford_alpaca/train.py PROMPT_DICT); eval code imports it from here
@@ -65,26 +64,9 @@ PROMPT_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:"
 )
 PROMPT, COMPLETION, TEXT = 0, 1, 2  # role codes, one uint8 per token (TEXT: a plain-text record's tokens)
-FIELDS = ("instruction", "input", "output")
 FORMAT_VERSION = 1  # bump when the cached arrays change meaning: old cache files are then simply not found
 
-DATA_DIR = Path(__file__).resolve().parent  # known datasets are saved under <repo>/data/<name>/
 CACHE_DIR = Path(os.environ.get("NANOPLW_CACHE_DIR") or DATA_DIR / "cache")  # the tests point it at a temp dir
-# known dataset names -> where they live. Downloads are pinned to a commit; `blob` is the git blob id (SHA-1) the
-# file must have there (a mismatch warns: the file still loads). `*_short` are the prompt-inverted sets (invert.py).
-DATASETS = {
-    "alpaca": dict(
-        path="alpaca/alpaca_data.json", blob="3779ddbc040543ab1834ef216c983d6fcc06cc9a",
-        url="https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/"
-            "761dc5bfbdeeffa89b8bff5d038781a4055f796a/alpaca_data.json"),
-    "alpaca_cleaned": dict(
-        path="alpaca_cleaned/alpaca_data_cleaned.json", blob="fce7512c5733979e61db8c25e5138deead700650",
-        url="https://raw.githubusercontent.com/gururise/AlpacaDataCleaned/"
-            "791174f63efa9aa54ca6c38639dc6e5bb5657d80/alpaca_data_cleaned.json"),
-    "alpaca_short": dict(path="alpaca_short/alpaca_data_short.json", inverted_from="alpaca"),
-    "alpaca_cleaned_short": dict(path="alpaca_cleaned_short/alpaca_data_cleaned_short.json",
-                                 inverted_from="alpaca_cleaned"),
-}
 
 
 def format_prompt(instruction, input=""):
@@ -92,95 +74,6 @@ def format_prompt(instruction, input=""):
     if input != "":
         return PROMPT_INPUT.format_map({"instruction": instruction, "input": input})
     return PROMPT_NO_INPUT.format_map({"instruction": instruction})
-
-
-# -----------------------------------------------------------------------------
-# loading records
-
-_WS = re.compile(r"[ \t\n\r]*")
-
-
-def _bad_record(text):
-    """Index of the record of a JSON list where parsing fails, for the error message (None: not inside a record).
-    Only run after json.loads has failed, so its speed does not matter."""
-    dec, i = json.JSONDecoder(), _WS.match(text, 0).end()
-    if text[i:i + 1] != "[":
-        return None
-    i, n = i + 1, 0
-    while True:
-        i = _WS.match(text, i).end()
-        if text[i:i + 1] == "]" and n == 0:
-            return None
-        try:
-            _, i = dec.raw_decode(text, i)
-        except json.JSONDecodeError:
-            return n
-        i = _WS.match(text, i).end()
-        if text[i:i + 1] != ",":
-            return None if text[i:i + 1] == "]" else n  # a missing comma (or a cut file) right after record n
-        i, n = i + 1, n + 1
-
-
-def read_json_list(path):
-    """The non-empty list of records in a .json, .json.gz or .jsonl(.gz) file; DataError naming the file (and the
-    record) when it is missing, unreadable, empty or not valid JSON. Record indices count from 0 (the index in
-    the JSON list, or the n-th non-blank JSONL line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    if not text.strip():
-        raise DataError(f"{path}: file is empty")
-    if path.name.removesuffix(".gz").endswith(".jsonl"):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: record {len(records)} (line {n}) is not valid JSON ({e.msg})") from None
-    else:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            i = _bad_record(text)
-            where = f" in record {i}" if i is not None else ""
-            raise DataError(f"{path}: not valid JSON{where} ({e.msg} at line {e.lineno} column {e.colno})") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-    if not records:
-        raise DataError(f"{path}: no records")
-    return records
-
-
-def load_records(path, text=False):
-    """A list of {instruction, input, output} dicts from an Alpaca-format file (see read_json_list); DataError
-    when malformed. A missing `input` is read as "" (some Alpaca variants omit it); every other field must be a
-    string. With text=True a record may also be plain text, {"text": str} (training data only)."""
-    out = []
-    records = read_json_list(path)
-    for i, r in enumerate(records):
-        if not isinstance(r, dict):
-            raise DataError(f"{path}: record {i} is a {type(r).__name__}, expected an object with {', '.join(FIELDS)}")
-        if text and "text" in r:
-            if set(r) != {"text"} or not isinstance(r["text"], str):
-                raise DataError(f"{path}: record {i} has a 'text' field: a plain-text record is {{\"text\": str}} "
-                                f"and nothing else")
-            out.append({"text": r["text"]})
-            continue
-        r = {"input": "", **r}
-        for k in FIELDS:
-            if k not in r:
-                raise DataError(f"{path}: record {i} has no field {k!r}")
-            if not isinstance(r[k], str):
-                raise DataError(f"{path}: record {i} field {k!r} is a {type(r[k]).__name__}, expected a string")
-        out.append({k: r[k] for k in FIELDS})
-    return out
 
 
 # -----------------------------------------------------------------------------
@@ -198,7 +91,9 @@ def tokenize(records, tokenizer, progress=False):
     # and let Ctrl-C stop it (sentencepiece's batch encode swallows the KeyboardInterrupt; check_stop sees the
     # signal's record)
     p_ids, f_ids, chunk = [], [], 4096
-    with tqdm(total=len(records), desc="tokenize", unit="ex", disable=not progress, leave=False) as bar:
+    if progress and not sys.stderr.isatty():  # no bar in a log (tqdm draws none there): one line instead
+        print(f"tokenize: {len(records):,} records", file=sys.stderr, flush=True)
+    with tqdm(total=len(records), desc="tokenize", unit="ex", disable=None if progress else True, leave=False) as bar:
         for i in range(0, len(records), chunk):
             p_ids += tokenizer.encode_batch(prompts[i:i + chunk])
             f_ids += tokenizer.encode_batch(fulls[i:i + chunk])
@@ -245,7 +140,7 @@ def download(url, dst, blob=None):
     def fetch(tmp):
         with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name, leave=False) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name, leave=False, disable=None) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -324,14 +219,17 @@ def select(data, idx, max_seq_len=None):
     return out, int((kept < lens).sum()), int((lens - kept).sum())
 
 
-def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337, cache_dir=None, verbose=True):
+def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337, cache_dir=None, verbose=True,
+                    check=None):
     """dataset (a known name or an Alpaca-format file) -> (train, val, report).
 
     train, val: {"tokens": int32, "roles": uint8, "offsets": int64 (n+1)}, each example cut to its first
     max_seq_len tokens (None: uncut); val is None when val_size == 0. The split is fixed by `seed` and does not
     depend on max_seq_len; both keep the original order. report: source, n_train, n_val, tokens, prompt_tokens
     (BOS included), completion_tokens (EOS included), truncated_examples, truncated_tokens, prompt_only_examples
-    (no completion token left after the cut), boundary_merges, cache, cache_hit, seconds (train + val counts)."""
+    (no completion token left after the cut), boundary_merges, cache, cache_hit, seconds (train + val counts).
+    check(train, val), when given, may refuse the result (train.py: nothing to train); it runs, like every other
+    check, before the cache is written, so a refusal leaves nothing behind."""
     t0 = time.time()
     if max_seq_len is not None and (not isinstance(max_seq_len, (int, np.integer)) or max_seq_len < 2):
         raise DataError(f"max_seq_len must be an integer >= 2 (BOS and one target), got {max_seq_len!r}")
@@ -358,14 +256,6 @@ def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337,
     hit = data is not None
     if not hit:
         data = tokenize(load_records(src, text=True), tok, progress=verbose)
-        try:
-
-            def save(tmp):
-                with open(tmp, "wb") as f:  # a file object: given a name, np.savez would append ".npz" to it
-                    np.savez(f, **data)
-            atomic_write(cache, save)
-        except OSError as e:
-            raise DataError(f"cannot write the cache {cache} ({e}); pass a writable cache_dir") from None
 
     n = len(data["offsets"]) - 1
     train_idx, val_idx = split_indices(n, val_size, seed)
@@ -374,6 +264,19 @@ def prepare_dataset(dataset, tokenizer_path, max_seq_len, val_size=0, seed=1337,
     if val_size:
         val, v_cut, vt_cut = select(data, val_idx, max_seq_len)
         n_cut, t_cut = n_cut + v_cut, t_cut + vt_cut
+    if check is not None:
+        check(train, val)
+    if not hit:  # every check has passed: only now does the tokenized data go to the cache
+        try:
+
+            def save(tmp):
+                with open(tmp, "wb") as f:  # a file object: given a name, np.savez would append ".npz" to it
+                    np.savez(f, **data)
+            atomic_write(cache, save)
+        except (OSError, DataError) as e:
+            what = str(e) if isinstance(e, DataError) else f"cannot write {cache}: {e.strerror or e}"
+            raise DataError(f"{what} (the tokenized-data cache); set NANOPLW_CACHE_DIR (prepare.py: --cache_dir) to a "
+                            f"writable directory") from None
     parts = [train] + ([val] if val is not None else [])
     completion = sum(int((p["roles"] == COMPLETION).sum()) for p in parts)
     text = sum(int((p["roles"] == TEXT).sum()) for p in parts)

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python data/stats.py` finds tokenizer, data.prepare
 
-from data.prepare import FIELDS, load_records
+from data.records import FIELDS, load_records
 from tokenizer import Tokenizer
 from util import report_errors
 

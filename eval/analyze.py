@@ -33,7 +33,7 @@ from eval.runtest import TEST_KEYS, run_level_test
 from eval.scores import (AGGREGATED, GROUPS, PAPER_GROUPS, aggregate, condition_key, group_members,
                          is_known_benchmark, load_scores, normalize_rows, relative_scores, run_aggregates, wp)
 from eval.stats import fit_quadratic, load_log, log_summary, null_fit
-from util import atomic_write, cli, write_json
+from util import atomic_write, check_writable, cli, write_json
 
 TESTED = ("all",) + tuple(PAPER_GROUPS)  # the groups the run-level test reports, always (a reason when empty)
 
@@ -209,6 +209,8 @@ def paired_analysis(rows, args):
 
 
 def run(args):
+    if args.out:  # a directory that cannot be made is named before the work, not as an OS error after it
+        check_writable(os.path.join(args.out, "table.md"))
     result, notes = {}, []
     if args.scores:
         rows = load_scores(args.scores)

@@ -110,7 +110,7 @@ def weight_distance(model, base, progress=True):
         # per tensor: Σ Δ², Σ |Δ|, Σ base², Σ |base| (float64), numel
         sums = {}
         total = sum(math.prod(shape) for shape, _ in m.values())
-        bar = tqdm(total=total, unit="param", unit_scale=True, disable=not progress, file=sys.stderr)
+        bar = tqdm(total=total, unit="param", unit_scale=True, disable=None if progress else True, file=sys.stderr)
         for k, (shape, read_m) in m.items():
             rows = shape[0] if shape else 1
             step = max(1, CHUNK // max(1, math.prod(shape[1:])))

@@ -3,7 +3,7 @@ Zero-shot short-generation benchmarks exactly as lm-evaluation-harness 0.4.13 (i
 truthfulqa_gen and the six gpt3_translation_benchmarks directions (wmt14-en-fr, wmt14-fr-en, wmt16-en-de,
 wmt16-de-en, wmt16-en-ro, wmt16-ro-en).
 
-    python eval/gen.py --model out/ --tasks truthfulqa_gen,wmt16-de-en --data_dir ../shared/data/eval \
+    python eval/gen.py --model out/ --tasks truthfulqa_gen,wmt16-de-en [--data_dir data/eval] \
         [--limit N] [--batch_size 32] [--max_new_tokens 256] [--device cuda] [--dtype bfloat16] --output gen.json
 
     from eval.gen import evaluate
@@ -14,6 +14,7 @@ What is matched detail by detail, the output fields and why it is fast: docs/eva
 """
 import argparse
 import csv
+import json
 import math
 import sys
 import time
@@ -26,11 +27,12 @@ from tqdm import tqdm
 
 from eval.bleu import corpus_bleu
 from eval.chrf import corpus_chrf
-from eval.mc import HARNESS_VERSION, TRUTHFULQA_QA_PROMPT, evaluate_model, model_options  # shared with mc
+from eval.mc import (HARNESS_VERSION, TRUTHFULQA_QA_PROMPT, check_options, evaluate_model,  # shared with mc
+                     model_options)
 from eval.rouge import rouge_scores
 from eval.ter import corpus_ter
 from model import sample
-from util import DataError, check_writable, cli
+from util import DataError, check_device, check_writable, cli, eval_data_dir, missing_data
 
 MAX_GEN_TOKS = 256  # the harness HFLM's default max_gen_toks; neither task's YAML sets one
 
@@ -63,8 +65,9 @@ def check_tasks(tasks):
 
 
 def task_files(task, data_dir):
-    if task == "truthfulqa_gen":
-        return [Path(data_dir) / "truthfulqa" / "TruthfulQA.csv"]
+    if task == "truthfulqa_gen":  # the hub's rows (data/fetch.py), else the CSV they were made from (../shared)
+        jsonl, csv_file = Path(data_dir) / "truthfulqa" / "generation.jsonl", Path(data_dir) / "truthfulqa" / "TruthfulQA.csv"
+        return [csv_file if csv_file.is_file() and not jsonl.is_file() else jsonl]
     folder, stem, src, tgt = WMT[task]
     return [Path(data_dir) / "wmt" / folder / f"{stem}.{lang}" for lang in (src, tgt)]
 
@@ -81,7 +84,16 @@ def format_answers(answers):
 
 def truthfulqa_records(path):
     """TruthfulQA.csv -> the HF truthful_qa "generation" records (its loading script: rows without true or false
-    answers skipped, answer lists split at ";" and stripped)."""
+    answers skipped, answer lists split at ";" and stripped); generation.jsonl (data/fetch.py) holds those records."""
+    if Path(path).suffix == ".jsonl":
+        return truthfulqa_jsonl(path)
+    try:
+        return truthfulqa_csv(path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def truthfulqa_csv(path):
     records = []
     with open(path, newline="", encoding="utf-8-sig") as f:
         for n, row in enumerate(csv.DictReader(f), 1):
@@ -102,6 +114,26 @@ def truthfulqa_records(path):
     return records
 
 
+def truthfulqa_jsonl(path):
+    records = []
+    with open(path, encoding="utf-8", errors="strict") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                ok = isinstance(r.get("question"), str) and all(
+                    isinstance(r.get(k), list) and all(isinstance(a, str) for a in r[k])
+                    for k in ("correct_answers", "incorrect_answers"))
+            except (json.JSONDecodeError, AttributeError) as e:
+                raise DataError(f"{path}:{n}: not a TruthfulQA generation record ({e})") from None
+            if not ok:
+                raise DataError(f"{path}:{n}: a TruthfulQA generation record needs question, correct_answers and "
+                                f"incorrect_answers (lists of strings)")
+            records.append(r)
+    return records
+
+
 def truthfulqa_doc(record):
     correct = format_answers(record["correct_answers"])
     if "I have no comment." not in correct:
@@ -119,7 +151,10 @@ def wmt_records(task, data_dir):
     sides = {}
     for lang, path in zip((src, tgt), task_files(task, data_dir)):
         # split on "\n" only (str.splitlines would also split at U+2028 and friends inside a sentence)
-        sides[lang] = path.read_text(encoding="utf-8").removesuffix("\n").split("\n")
+        try:
+            sides[lang] = path.read_text(encoding="utf-8").removesuffix("\n").split("\n")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if len(sides[src]) != len(sides[tgt]):
         a, b = task_files(task, data_dir)
         raise DataError(f"{a} has {len(sides[src])} lines but {b} has {len(sides[tgt])}: they must be aligned")
@@ -133,10 +168,16 @@ def wmt_doc(task, record):
     return {"prompt": prompt, "reference": " " + tr[tgt]}  # doc_to_target: ' {{translation[tgt]}}'
 
 
+def missing(task, path):
+    """The one line for a task file that is not there (TruthfulQA: either of its two forms would do)"""
+    alt = f", or {path.with_name('TruthfulQA.csv')}" if task == "truthfulqa_gen" else ""
+    return missing_data(path, f"task {task}{alt}")
+
+
 def load_records(task, data_dir):
     for path in task_files(task, data_dir):
         if not path.is_file():
-            raise DataError(f"no such file: {path} (task {task})")
+            raise missing(task, path)
     if task == "truthfulqa_gen":
         return truthfulqa_records(task_files(task, data_dir)[0])
     return wmt_records(task, data_dir)
@@ -252,7 +293,7 @@ def generate_until(model, tokenizer, prompts, stops, max_gen_toks=MAX_GEN_TOKS, 
     contexts = [ids[-(max_length - max_gen_toks):] for ids in tokenizer.encode_batch(prompts, bos=True)]
     order = sorted(range(len(prompts)), key=lambda i: -len(contexts[i]))
     results = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=desc, unit="doc", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(prompts), desc=desc, unit="doc", disable=None if progress else True, file=sys.stderr)
     # A stop string that newly appears in the text must end in what the last token added to it: decoding appends
     # a piece's text (or a byte piece's character), it never changes what came before. So the text only needs
     # decoding after a token whose addition can hold a stop string's last character: a byte piece (any character)
@@ -439,20 +480,22 @@ def main(argv=None):
                                             f"{HARNESS_VERSION} (hf backend).")
     model_options(p)
     p.add_argument("--tasks", required=True, help=f"comma-separated, from: {', '.join(TASKS)}")
-    p.add_argument("--data_dir", required=True, help="directory with truthfulqa/TruthfulQA.csv and wmt/")
+    p.add_argument("--data_dir", help="directory with truthfulqa/ and wmt/ (default: $NANOPLW_DATA, else data/eval; "
+                   "python data/fetch.py fills it)")
     p.add_argument("--limit", type=int, help="first N documents of each task")
     p.add_argument("--batch_size", type=int, default=32, help="most rows generated together (default 32)")
     p.add_argument("--max_new_tokens", type=int, default=MAX_GEN_TOKS,
                    help=f"the harness's max_gen_toks (default {MAX_GEN_TOKS})")
     args = p.parse_args(argv)
+    args.data_dir = args.data_dir or str(eval_data_dir())
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     check_tasks(tasks)
-    if args.limit is not None and args.limit < 1:
-        raise DataError(f"--limit must be a positive integer, got {args.limit}")
+    check_options(args, "limit", "batch_size", "max_new_tokens", "max_length")
+    check_device(args.device)
     for t in tasks:  # missing data is reported before minutes of model loading
         for path in task_files(t, args.data_dir):
             if not path.is_file():
-                raise DataError(f"no such file: {path} (task {t})")
+                raise missing(t, path)
     if args.output:
         check_writable(args.output)
     return evaluate_model(args, tasks, evaluate, format_table, max_new_tokens=args.max_new_tokens)

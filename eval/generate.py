@@ -7,7 +7,7 @@ Completions for Alpaca-format instructions, and the batched generation that eval
 writes AlpacaEval's model_outputs format, a JSON list of {"instruction", "output", "generator"} ("dataset" kept
 when the prompts have it, "input" when not empty), for an AlpacaEval judge run elsewhere or eval/judge.py here.
 --prompts is a JSON or JSONL file (.gz too), a list of records with "instruction" and optionally "input", or one
-of the names `alpaca_eval` (the 805 AlpacaEval instructions, ../shared/data/eval/alpaca_eval; the reference
+of the names `alpaca_eval` (the 805 AlpacaEval instructions, data/eval/alpaca_eval from data/fetch.py; the reference
 "output" in that file is ignored) and `pandalm` (PandaLM's 170 test instructions with inputs).
 
 max_new_tokens defaults to 512: 99.9% of the Stanford Alpaca training outputs and 98.9% of AlpacaEval's
@@ -25,8 +25,6 @@ a leading space (sentencepiece removes the space of a text's first piece). The A
 stripped of surrounding whitespace, as a judge reads it.
 """
 import argparse
-import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -38,14 +36,12 @@ from tqdm import tqdm
 
 from data.prepare import DataError, format_prompt, read_json_list
 from checkpoint import load_model
-from util import check_writable, cli, write_json
+from util import check_device, check_writable, choose_threads, cli, eval_data_dir, missing_data, write_json
 from tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("NANOPLW_SHARED", ROOT.parent / "shared"))  # as tests/conftest.py finds it
-EVAL_DATA = SHARED / "data" / "eval"
-# the instruction sets of the paper's long-generation benchmarks, by name (../shared/data/README.md)
+EVAL_DATA = eval_data_dir()  # $NANOPLW_DATA or data/eval in the checkout: python data/fetch.py fills it
+# the instruction sets of the paper's long-generation benchmarks, by name (data/fetch.py's sources)
 BENCHMARKS = {
     "alpaca_eval": EVAL_DATA / "alpaca_eval" / "text_davinci_003_outputs.json",  # 805; AlpacaEval 1.0's reference
     "pandalm": EVAL_DATA / "pandalm" / "testset-inference-v1.json",  # 170, with inputs
@@ -60,11 +56,7 @@ def load_model_and_tokenizer(path, device=None, dtype=None, tokenizer=None):
     """(model, tokenizer) from an HF LLaMA directory; device None = cuda when there is one, else cpu;
     dtype None = float32 on cpu, bfloat16 on cuda; tokenizer None = the directory's tokenizer.model (or
     original/tokenizer.model, as Meta's LLaMA 3 repositories ship it)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise ValueError(f"--device {device!r}: expected cpu or cuda[:N]")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available")
+    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or ("float32" if device == "cpu" else "bfloat16")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
@@ -74,6 +66,8 @@ def load_model_and_tokenizer(path, device=None, dtype=None, tokenizer=None):
     if tokenizer is None and not any((path / p).is_file() for p in TOKENIZER_FILES):
         raise FileNotFoundError(f"no tokenizer.model in {path} nor in {path / 'original'} (pass --tokenizer)")
     tok = Tokenizer(tokenizer or path)
+    if device == "cpu" and (note := choose_threads(torch)):
+        print(note, file=sys.stderr)
     model = load_model(path, device=device, dtype=DTYPES[dtype])
     if tok.vocab_size > model.args.vocab_size:
         raise ValueError(f"tokenizer {tok.path} has {tok.vocab_size} pieces but the model's vocabulary is "
@@ -86,6 +80,8 @@ def load_prompts(path):
     BENCHMARKS name; every other field is kept as it is. DataError (a ValueError) naming the file and record when
     malformed."""
     path = BENCHMARKS.get(str(path), path)
+    if not Path(path).exists() and Path(path).is_relative_to(EVAL_DATA):  # a benchmark file, not fetched yet
+        raise missing_data(path, option=None)
     records = read_json_list(path)
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not isinstance(r.get("instruction"), str):
@@ -141,7 +137,8 @@ def complete(model, tokenizer, prompts, max_new_tokens, batch_size=32, temperatu
     n_new, t0 = 0, time.perf_counter()
     was_training = model.training
     model.eval()  # no dropout, even when called on a model in the middle of training
-    bar = tqdm(total=len(prompts), unit="prompt", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=len(prompts), unit="prompt", disable=None if progress else True, file=sys.stderr,
+               dynamic_ncols=True)
     try:
         for batch in batches:
             outs = model.generate([prompts[i] for i in batch], budget[batch[0]], temperature=temperature,

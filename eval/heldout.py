@@ -57,7 +57,7 @@ from data.prepare import COMPLETION, PROMPT, format_prompt, load_records, tokeni
 from eval.chrf import corpus_chrf
 from eval.generate import complete, load_model_and_tokenizer, prompt_ids
 from tokenizer import Tokenizer
-from util import check_writable, cli, write_json
+from util import DataError, atomic_write, check_writable, cli, write_json
 
 
 # -----------------------------------------------------------------------------
@@ -297,6 +297,19 @@ def evaluate(model, tokenizer, train_records, heldout_records, samples, mc_items
 # -----------------------------------------------------------------------------
 # command line
 
+def read_base_samples(path):
+    """The samples of a base_samples file; one line naming the file when it is missing or not one"""
+    try:
+        samples = json.loads(Path(path).read_text(encoding="utf-8"))["samples"]
+        if not isinstance(samples, list):
+            raise TypeError("'samples' is not a list")
+        return samples
+    except OSError as e:
+        raise DataError(f"--base_samples {path}: cannot read it ({e.strerror or e})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"--base_samples {path}: not a base_samples file of this script ({type(e).__name__}: {e})") from None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Held-out split, base-model samples, and the held-out / forgetting "
                                             "evaluation of the small-scale PLW study.")
@@ -337,11 +350,11 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     if args.cmd == "split":
+        check_writable(Path(args.out) / "split.json")
         records = load_records(args.src)
         train, held, report = split(records, Tokenizer(args.tokenizer), args.max_seq_len, args.n_heldout,
                                     args.n_train, args.seed)
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         report["src"] = str(args.src)
         files = [(args.train_name, train), ("heldout.json", held)]
         if args.mc_n > 0:
@@ -349,7 +362,8 @@ def main(argv=None):
             report.update(mc_n=len(items), mc_k=args.mc_k, mc_seed=args.seed)
             files.append(("heldout_mc.json", items))
         for name, recs in files:
-            (out / name).write_text(json.dumps(recs, indent=4))
+            text = json.dumps(recs, indent=4)
+            atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
         write_json(out / "split.json", report, indent=1)
         print(json.dumps(report, indent=1))
         return 0
@@ -372,7 +386,7 @@ def main(argv=None):
         print(f"wrote {args.output}: {args.n} samples of {args.tokens} tokens; first: {samples[0]['text'][:200]!r}")
         return 0
     model, tok = load_model_and_tokenizer(args.model, args.device, "float32")
-    samples = json.loads(Path(args.base_samples).read_text())["samples"] if args.base_samples else []
+    samples = read_base_samples(args.base_samples) if args.base_samples else []
     train = load_records(args.train)
     items = json.loads(Path(args.mc).read_text()) if args.mc else []
     cloze = json.loads(Path(args.cloze).read_text())["items"] if args.cloze else []

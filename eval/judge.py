@@ -574,7 +574,7 @@ def main(argv=None):
                    "prompt reaches the judge: mixtral ([INST] ... [/INST], default) or raw (the template text as is)")
     q.add_argument("--outputs", required=True, help="model_outputs JSON, or an HF model directory to generate with")
     q.add_argument("--reference", default="text_davinci_003", help="reference model_outputs JSON, or "
-                   "text_davinci_003 (default) / gpt4_1106_preview (../shared/data/eval/alpaca_eval)")
+                   "text_davinci_003 (default) / gpt4_1106_preview (data/eval/alpaca_eval: data/fetch.py)")
     q.add_argument("--save_outputs", help="write the generated model_outputs JSON here (with a model directory)")
     q = cmds["pandalm"]
     q.add_argument("--model_a", required=True, help="model_outputs JSON or HF model directory (e.g. fine-tuned)")

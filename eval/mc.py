@@ -3,7 +3,7 @@ Zero-shot multiple-choice evaluation that reproduces lm-evaluation-harness 0.4.1
 several times faster.
 
     python eval/mc.py --model out/ --tasks arc_challenge,piqa,truthfulqa_mc2,winogrande \
-        --data_dir ../shared/data/eval/hf [--limit N] [--device cuda] [--dtype bfloat16] [--output mc.json]
+        [--data_dir data/eval/hf] [--limit N] [--device cuda] [--dtype bfloat16] [--output mc.json]
 
     from eval.mc import evaluate
     out = evaluate(model, tokenizer, ["arc_challenge", "mmlu"], data_dir)   # an in-memory Transformer
@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_model
-from util import DataError, check_writable, report_errors, write_json
+from checkpoint import load_model, read_args
+from util import (DataError, catch_stop_signals, check_device, check_writable, choose_threads, eval_data_dir,
+                  missing_data, report_errors, write_json)
 from tokenizer import Tokenizer
 
 HARNESS_VERSION = "0.4.13"
@@ -175,36 +176,39 @@ def load_docs(task, data_dir, limit=None):
     filename, prompt, _ = TASKS[task]
     path = Path(data_dir) / filename
     if not path.is_file():
-        raise DataError(f"no such file: {path} (task {task} reads {filename} in the HF-datasets layout)")
+        raise missing_data(path, f"task {task} reads {filename} in the HF-datasets layout")
     docs, per_subject = [], {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may sit inside a record
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            subject = raw["subject"] if task == "mmlu" else None
+            doc_id = per_subject.get(subject, 0)
+            if limit is not None and doc_id >= limit:
+                if task != "mmlu":
+                    break
                 continue
-            try:
-                raw = json.loads(line)
-                subject = raw["subject"] if task == "mmlu" else None
-                doc_id = per_subject.get(subject, 0)
-                if limit is not None and doc_id >= limit:
-                    if task != "mmlu":
-                        break
-                    continue
-                contexts, continuations, choices, gold = prompt(raw)
-                golds = gold if isinstance(gold, list) else [gold]
-                if not all(isinstance(g, int) and not isinstance(g, bool) for g in golds):
-                    raise ValueError(f"the answer must be an integer index, got {gold!r}")
-                if not isinstance(gold, list) and not 0 <= gold < len(choices):
-                    raise ValueError(f"answer index {gold} is out of range for {len(choices)} choices")
-                if not all(isinstance(s, str) for s in contexts + continuations + choices) or not choices:
-                    raise ValueError("contexts and choices must be non-empty lists of strings")
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
-                raise DataError(f"{path}:{line_no}: not a valid {task} record ({type(e).__name__}: {e})") from None
-            per_subject[subject] = doc_id + 1
-            doc = {"doc_id": doc_id, "contexts": contexts, "continuations": continuations, "choices": choices,
-                   "gold": gold}
-            if subject is not None:
-                doc["subject"] = subject
-            docs.append(doc)
+            contexts, continuations, choices, gold = prompt(raw)
+            golds = gold if isinstance(gold, list) else [gold]
+            if not all(isinstance(g, int) and not isinstance(g, bool) for g in golds):
+                raise ValueError(f"the answer must be an integer index, got {gold!r}")
+            if not isinstance(gold, list) and not 0 <= gold < len(choices):
+                raise ValueError(f"answer index {gold} is out of range for {len(choices)} choices")
+            if not all(isinstance(s, str) for s in contexts + continuations + choices) or not choices:
+                raise ValueError("contexts and choices must be non-empty lists of strings")
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"{path}:{line_no}: not a valid {task} record ({type(e).__name__}: {e})") from None
+        per_subject[subject] = doc_id + 1
+        doc = {"doc_id": doc_id, "contexts": contexts, "continuations": continuations, "choices": choices,
+               "gold": gold}
+        if subject is not None:
+            doc["subject"] = subject
+        docs.append(doc)
     if not docs:
         raise DataError(f"{path}: no documents")
     return docs
@@ -303,7 +307,7 @@ def score_rows(model, rows, batch_size=32, batch_tokens=8192, progress=True, des
     """Packed rows -> per row, per choice, the summed log-likelihood of its continuation (float)."""
     device = model.lm_head.weight.device
     lls = [None] * len(rows)
-    bar = tqdm(total=len(rows), desc=desc, unit="seq", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(rows), desc=desc, unit="seq", disable=None if progress else True, file=sys.stderr)
     # fp32 logits for this many scored positions at a time: ~32 MB on CPU (faster there than bigger chunks,
     # measured), ~256 MB on GPU
     chunk = max(1, (2 ** 23 if device.type == "cpu" else 2 ** 26) // model.args.vocab_size)
@@ -503,7 +507,8 @@ def main(argv=None):
                                             f"{HARNESS_VERSION} (hf backend); the log-softmax is always fp32.")
     model_options(p)
     p.add_argument("--tasks", required=True, help=f"comma-separated, from: {', '.join(TASKS)}")
-    p.add_argument("--data_dir", required=True, help="directory with <task>.jsonl in the HF-datasets layout")
+    p.add_argument("--data_dir", help="directory with <task>.jsonl in the HF-datasets layout (default: "
+                   "$NANOPLW_DATA/hf, else data/eval/hf; python data/fetch.py fills it)")
     p.add_argument("--limit", type=int, help="first N documents of each task (of each subject for mmlu)")
     p.add_argument("--batch_size", type=int, default=32, help="most documents per forward (default 32)")
     p.add_argument("--batch_tokens", type=int, help="most padded tokens per forward (default 8192 CPU, 65536 GPU)")
@@ -511,15 +516,24 @@ def main(argv=None):
     return report_errors("mc.py", run, args)
 
 
+def check_options(args, *names):
+    """Refuse, before any work, a count option that is not a positive integer (None: its default)"""
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise DataError(f"--{name} must be a positive integer, got {v}")
+
+
 def run(args):
+    args.data_dir = args.data_dir or str(eval_data_dir() / "hf")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     check_tasks(tasks)
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be a positive integer, got {args.limit}")
+    check_options(args, "limit", "batch_size", "batch_tokens", "max_length")
+    check_device(args.device)
     for t in tasks:  # missing data is reported before minutes of model loading
         path = Path(args.data_dir) / TASKS[t][0]
         if not path.is_file():
-            raise DataError(f"no such file: {path} (task {t} reads {TASKS[t][0]} in the HF-datasets layout)")
+            raise missing_data(path, f"task {t} reads {TASKS[t][0]} in the HF-datasets layout")
     if args.output:  # before minutes of scoring
         check_writable(args.output)
     return evaluate_model(args, tasks, evaluate, format_table, batch_tokens=args.batch_tokens)
@@ -542,6 +556,13 @@ def evaluate_model(args, tasks, evaluate, format_table, **options):
     on the tasks, print the table, write --output"""
     if not Path(args.model).is_dir():  # before the tokenizer, which would be "not found" for the same reason
         raise DataError(f"model directory not found: {args.model}")
+    check_device(args.device)
+    context = read_args(args.model).max_seq_len  # config.json alone: checked before minutes of loading
+    if args.max_length is not None and args.max_length > context:
+        raise DataError(f"--max_length {args.max_length} exceeds the model's context of {context} tokens "
+                        f"(max_position_embeddings in {Path(args.model) / 'config.json'})")
+    if args.device == "cpu" and (note := choose_threads(torch)):
+        print(note, file=sys.stderr)
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     tokenizer = Tokenizer(args.tokenizer or args.model)
     model = load_model(args.model, device=args.device, dtype=dtype)
@@ -555,4 +576,5 @@ def evaluate_model(args, tasks, evaluate, format_table, **options):
 
 
 if __name__ == "__main__":
+    catch_stop_signals(interrupt=True)  # Ctrl-C / SIGTERM: one line, exit 130 / 143
     sys.exit(main())

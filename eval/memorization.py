@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
+from checkpoint import read_args
 from data.prepare import format_prompt, load_records
 from eval.bleu import bleu_stats
 from eval.generate import DTYPES, complete, load_model_and_tokenizer, prompt_ids
@@ -146,9 +147,16 @@ def main(argv=None):
     for name in ("n", "max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("samples", "max_prompt_tokens"):
+        if getattr(args, name) is not None and getattr(args, name) < (0 if name == "samples" else 1):
+            raise ValueError(f"--{name} must be {'>= 0' if name == 'samples' else 'positive'}, got {getattr(args, name)}")
     if args.output:  # before the long part, so a bad path fails at once
         check_writable(args.output)
     records = load_records(args.data)
+    context = read_args(args.model).max_seq_len  # the model's config.json alone, before loading it
+    if args.max_new_tokens > context:  # generation stops where the context is full: more can never be generated
+        raise ValueError(f"--max_new_tokens {args.max_new_tokens} exceeds the model's context of {context} tokens "
+                         f"(in {Path(args.model) / 'config.json'}): at most {context}")
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.tokenizer)
     res = memorization(model, tok, records, args.n, args.seed, args.max_new_tokens, args.batch_size,
                        max_prompt_tokens=args.max_prompt_tokens)

@@ -19,6 +19,9 @@ STORIES = ROOT / "tests" / "fixtures" / "stories260K"  # committed copy of ../sh
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # tokenized-data caches of the tests (and of the scripts they run) go to a temp dir, not the checkout's data/cache
 os.environ.setdefault("NANOPLW_CACHE_DIR", tempfile.mkdtemp(prefix="nanoplw-cache-"))
+# the evaluators' default data directory: ../shared's files, which the tests were written against (tests/test_fetch.py
+# makes its own with data/fetch.py); NANOPLW_DATA set by hand runs the tests on another copy
+os.environ.setdefault("NANOPLW_DATA", str(SHARED / "data" / "eval"))
 
 
 def require(path):

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import ALPACA, ROOT, STORIES, require
 import train
+import util
 from checkpoint import list_checkpoints
 
 TINY = ["configs/tiny_stories.py", "--max_seq_len=256", "--learning_rate=1e-2", "--warmup_iters=0"]
@@ -89,12 +90,13 @@ def test_missing_model_directory_is_named_as_such(tmp_path, script):
 
 
 def test_a_run_with_no_loss_weight_is_refused(tmp_path, data64):
-    out = tmp_path / "run"
+    out, cache = tmp_path / "run", tmp_path / "cache"
     r = run("train.py", *TINY, f"--dataset={data64}", "--max_iters=1", "--max_seq_len=8", "--prompt_loss_weight=0",
-            f"--out_dir={out}")
+            f"--out_dir={out}", env={**os.environ, "NANOPLW_CACHE_DIR": str(cache)})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "nothing to train" in r.stderr and "max_seq_len=8" in r.stderr
     assert not out.exists() or not any(out.iterdir())
+    assert not cache.exists()  # refused before the tokenized data was cached (issue #29)
 
 
 def test_plw_above_one_is_allowed_with_a_note(tmp_path, data64):
@@ -124,11 +126,11 @@ def test_help_lists_the_options_with_defaults_and_meanings(script):
     assert r.stdout.count("\n--") + r.stdout.count("\n  --") >= 5
 
 
-def test_resume_can_extend_a_run(tmp_path, data64):
+def test_resume_can_extend_a_run_moved_elsewhere(tmp_path, data64):
     out = tmp_path / "run"
-    args = [*TINY, f"--dataset={data64}", f"--out_dir={out}"]
-    assert run("train.py", *args, "--max_iters=2").returncode == 0
-    r = run("train.py", *args, "--max_iters=4", "--resume=True")
+    assert run("train.py", *TINY, f"--dataset={data64}", f"--out_dir={out}", "--max_iters=2").returncode == 0
+    out = out.rename(tmp_path / "moved")  # a run folder moved or copied resumes where it is now (issue #29)
+    r = run("train.py", *TINY, "--dataset", data64, "--out_dir", out, "--max_iters", "4", "--resume")  # --key value
     assert r.returncode == 0, r.stderr
     rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert [row["iter"] for row in rows] == [1, 2, 3, 4]
@@ -143,10 +145,40 @@ def test_tests_leave_the_checkout_clean(tmp_path, data64):
     assert after == before
 
 
-def test_train_says_when_the_cpu_is_busy(monkeypatch):
-    # the 1-minute load average is what bench.py reads too; faked here, as a real load generator takes a minute
-    cores = os.cpu_count() or 1
-    monkeypatch.setattr(train.os, "getloadavg", lambda: (cores + 1.0, 0.0, 0.0))
-    assert train.busy_note().startswith(f"note: the CPU is busy (load {cores + 1.0:.1f} on {cores} cores)")
-    monkeypatch.setattr(train.os, "getloadavg", lambda: (cores - 1.0, 0.0, 0.0))
-    assert train.busy_note() is None
+class FakeTorch:
+    def __init__(self, n):
+        self.n = n
+
+    def get_num_threads(self):
+        return self.n
+
+    def set_num_threads(self, n):
+        self.n = n
+
+
+def test_threads_are_chosen_for_a_busy_cpu(monkeypatch):
+    # the 1-minute load average is what bench.py reads too; faked here, as a real load generator takes a minute.
+    # One thread per core the load leaves free, at least 1; OMP_NUM_THREADS set by the user is left alone.
+    monkeypatch.setattr(util.os, "cpu_count", lambda: 2)
+    for load, want in ((0.2, 2), (0.8, 1), (1.6, 1), (6.0, 1)):
+        monkeypatch.setattr(util.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        t = FakeTorch(2)
+        note = util.choose_threads(t, env={})
+        assert t.n == want, load
+        assert (note is None) == (want == 2)
+        if note:
+            assert note.startswith(f"note: the CPU is busy (load {load:.1f} on 2 cores): using 1 thread instead of 2")
+    t = FakeTorch(2)
+    assert util.choose_threads(t, env={"OMP_NUM_THREADS": "2"}) is None and t.n == 2
+
+
+def test_train_chooses_its_threads_and_says_so(tmp_path, data64):
+    # a real run under a faked busy CPU: the note names the count it chose
+    code = ("import os, sys, runpy; os.getloadavg = lambda: (64.0, 64.0, 64.0)\n"
+            f"sys.argv = ['train.py', *{TINY!r}, '--dataset={data64}', '--max_iters=1', '--out_dir={tmp_path / 'run'}']\n"
+            "runpy.run_path('train.py', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    if (os.cpu_count() or 1) > 1:
+        assert "note: the CPU is busy (load 64.0" in r.stderr and "using 1 thread instead of" in r.stderr

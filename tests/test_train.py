@@ -315,7 +315,8 @@ def load_train_config(argv):
     (["--max_iters=0", "--epochs=0"], "epochs must be > 0"),
     (["--init_from="], "init_from is empty"),
     (["configs/nope.py"], "config file not found: configs/nope.py"),
-    (["--resume"], "expected --key=value, got '--resume'"),
+    (["--max_iters"], "--max_iters needs a value: --max_iters=VALUE or --max_iters VALUE"),
+    (["--max_iters", "--resume"], "--max_iters needs a value"),
 ])
 def test_bad_config_is_refused(args, message):
     # the one-line, exit-code and no-traceback side is in tests/test_reliability.py
