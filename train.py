@@ -29,7 +29,8 @@ from tqdm import tqdm
 from checkpoint import (args_from_hf_config, checkpoint, claim_run_dir, clear_run_dir, export_final, list_checkpoints,
                         load_model, open_log, resume_state)
 from config import ConfigError, load_config
-from data.batch import collate, data_fingerprint, split_by_tokens, split_micro_batches, step_examples, target_counts
+from data.batch import (collate, collate_packed, data_fingerprint, pack_rows, padded_tokens, split_by_tokens,
+                        split_micro_batches, step_examples, target_counts)
 from data.prepare import prepare_dataset
 from model import Transformer
 from optim import AdamWBF16
@@ -52,6 +53,9 @@ gradient_accumulation_steps = 32  # global batch = batch_size * gradient_accumul
 tokens_per_micro_batch = 0      # > 0: cut the length-sorted global batch into micro-batches of at most this many padded
                                 # tokens (rows x padded length) instead of batch_size rows: few large micro-steps, the
                                 # same update (data/batch.py split_by_tokens); 0 = batch_size rows each
+pack = False                    # with tokens_per_micro_batch > 0: pack the global batch's examples into rows of up to that
+                                # many tokens, one row per micro-step, attention kept within each example and positions
+                                # restarting (data/batch.py pack_rows): no padding, the same update for every loss_norm
 epochs = 3.0                    # training length in epochs (a partial last global batch of an epoch is dropped)
 max_iters = 0                   # > 0: train this many optimizer steps instead of `epochs`
 learning_rate = 2e-5            # peak learning rate
@@ -82,6 +86,7 @@ log_interval = 1                # log every N steps (1 is needed for the loss RS
 eval_interval = 0               # validation loss every N steps (needs val_size > 0); 0 = only at the end
 on_nonfinite = "stop"           # a NaN/inf loss or gradient: stop (saving the last good state) | skip the step
 activation_checkpointing = False  # recompute each block's activations in the backward pass: less memory
+checkpoint_every = 1            # with activation_checkpointing: only every k-th block recomputes (1 = all, 4 = a quarter)
 optimizer = "adamw"             # adamw: fp32 weights and state | adamw_bf16: bf16 weights, gradients and state,
                                 # fp32 update math, stochastic rounding (7B on one 80 GB GPU; optim.py)
 # -----------------------------------------------------------------------------
@@ -90,7 +95,8 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 # may be extended (a longer max_iters / epochs recomputes the LR schedule from the resume point on)
 RESUMABLE_CHANGES = {"resume", "overwrite", "log_interval", "checkpoint_interval", "keep_checkpoints", "compile",
                      "eval_interval", "batch_size", "gradient_accumulation_steps", "device", "parallel",
-                     "activation_checkpointing", "max_iters", "epochs", "tokens_per_micro_batch"}
+                     "activation_checkpointing", "max_iters", "epochs", "tokens_per_micro_batch", "pack",
+                     "checkpoint_every"}
 
 
 def check_config(c):
@@ -99,7 +105,7 @@ def check_config(c):
             raise ConfigError(msg)
     need(math.isfinite(c["prompt_loss_weight"]) and c["prompt_loss_weight"] >= 0,
          f"prompt_loss_weight must be >= 0, got {c['prompt_loss_weight']}")
-    for k in ("batch_size", "gradient_accumulation_steps", "log_interval", "keep_checkpoints"):
+    for k in ("batch_size", "gradient_accumulation_steps", "log_interval", "keep_checkpoints", "checkpoint_every"):
         need(c[k] >= 1, f"{k} must be >= 1, got {c[k]}")
     for k in ("max_iters", "checkpoint_interval", "eval_interval", "val_size"):
         need(c[k] >= 0, f"{k} must be >= 0, got {c[k]}")
@@ -113,8 +119,10 @@ def check_config(c):
     for k in ("dropout", "label_smoothing", "beta1", "beta2"):
         need(0 <= c[k] < 1, f"{k} must be in [0, 1), got {c[k]}")
     need(c["tokens_per_micro_batch"] >= 0, f"tokens_per_micro_batch must be >= 0, got {c['tokens_per_micro_batch']}")
-    need(not (c["tokens_per_micro_batch"] and c["loss_norm"] == "micro_mean"),
-         "tokens_per_micro_batch > 0 needs loss_norm='global' or 'nonzero' (micro_mean's update depends on the split)")
+    need(not (c["tokens_per_micro_batch"] and c["loss_norm"] == "micro_mean" and not c["pack"]),
+         "tokens_per_micro_batch > 0 needs loss_norm='global' or 'nonzero' (micro_mean's update depends on the split), "
+         "or pack=True (which keeps micro_mean's batch_size micro-batches as per-example weights)")
+    need(c["tokens_per_micro_batch"] or not c["pack"], "pack=True needs tokens_per_micro_batch > 0 (the rows' length)")
     need(c["minkowski_lambda"] >= 0, f"minkowski_lambda must be >= 0, got {c['minkowski_lambda']}")
     need(c["minkowski_p"] >= 1, f"minkowski_p must be >= 1 (the penalty's gradient is unbounded below), "
                                 f"got {c['minkowski_p']}")
@@ -151,9 +159,39 @@ def loss_factor(c, W, n_nonzero, world, micro_w=None):
     return 1 / (max(micro_w, 1e-12) * c["gradient_accumulation_steps"])
 
 
-def micro_loss(model, x, y, w, factor, label_smoothing):
-    """(loss to backpropagate, per-token CE (B, T) fp32) of one micro-batch"""
-    ce = model(x, y, label_smoothing=label_smoothing)                                       # (B, T) fp32
+def micro_mean_scale(data, ids, lengths, plw, batch_size, accum, world):
+    """micro_mean with packed rows: the weight multiplier of each example (a dict), loss_factor's 1 / (its micro-batch's
+    weight x accumulation steps), its micro-batch being the one of batch_size rows it is in unpacked
+    (split_micro_batches). The loss is linear in the weights, so the packed update is the unpacked one exactly."""
+    scale = {}
+    for mb in split_micro_batches(ids, lengths, batch_size, accum * world):
+        n_targets, n_prompt = target_counts(data, mb)
+        scale.update({int(i): 1 / (max(plw * n_prompt + n_targets - n_prompt, 1e-12) * accum) for i in mb})
+    return scale
+
+
+def host_batch(data, mb, plw, pad_multiple, packed, scale=None):
+    """One micro-batch as CPU tensors: x, y, w, p (collate's), keep (the non-padding targets' indices: found here,
+    not by a device sync), and for packed rows pos and doc (collate_packed's) and, under micro_mean, w scaled by each
+    token's example's multiplier (micro_mean_scale) as wl, the weights of the loss (else wl = w)."""
+    if not packed:
+        x, y, w, p = collate(data, mb, plw, pad_multiple)
+        b = dict(x=x, y=y, w=w, p=p)
+    else:
+        x, y, w, p, pos, doc = collate_packed(data, [mb], plw, pad_multiple)
+        b = dict(x=x, y=y, w=w, p=p, input_pos=pos, doc=doc)
+    b["keep"] = (b["y"].view(-1) >= 0).nonzero().squeeze(1)                               # (n,) on the host
+    b["wl"] = b["w"]
+    if scale is not None:
+        known = np.array(sorted(scale))
+        s = np.array([scale[i] for i in known], dtype=np.float32)[np.searchsorted(known, doc.numpy().clip(0))]
+        b["wl"] = b["w"] * torch.from_numpy(s)                                            # (1, T)
+    return b
+
+
+def micro_loss(model, x, y, w, factor, label_smoothing, **kw):
+    """(loss to backpropagate, per-token CE (B, T) fp32) of one micro-batch; kw: input_pos, doc, keep (the model's)"""
+    ce = model(x, y, label_smoothing=label_smoothing, **kw)                                 # (B, T) fp32
     return (ce * w).sum() * factor, ce
 
 
@@ -242,7 +280,7 @@ def build_model(c, load_dir, base_args, dev, fsdp, master):
         if hasattr(m, "dropout"):
             m.dropout = c["dropout"]
     model.args.dropout = c["dropout"]
-    model.activation_checkpointing = c["activation_checkpointing"]
+    model.activation_checkpointing, model.checkpoint_every = c["activation_checkpointing"], c["checkpoint_every"]
     model.train()
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -376,23 +414,29 @@ def train_step(run, model, it, autocast, pad_multiple):
     n_targets, n_prompt = target_counts(data, ids)
     W = plw * n_prompt + (n_targets - n_prompt)  # sum of w_t over the global batch
     n_nonzero = n_targets if plw > 0 else n_targets - n_prompt
-    micro = (split_by_tokens(ids, lengths, c["tokens_per_micro_batch"], world, pad_multiple)
-             if c["tokens_per_micro_batch"] else
+    budget, packed = c["tokens_per_micro_batch"], c["pack"]
+    micro = (pack_rows(ids, lengths, budget, world, pad_multiple) if packed else
+             split_by_tokens(ids, lengths, budget, world, pad_multiple) if budget else
              split_micro_batches(ids, lengths, c["batch_size"], c["gradient_accumulation_steps"] * world))
-    n_mine = len(micro) // world  # the same on every rank (split_by_tokens makes the count a multiple of world)
+    n_mine = len(micro) // world  # the same on every rank (pack_rows, split_by_tokens: a multiple of world)
+    scale = (micro_mean_scale(data, ids, lengths, plw, c["batch_size"], c["gradient_accumulation_steps"], world)
+             if packed and c["loss_norm"] == "micro_mean" else None)
     stats = torch.zeros(3, dtype=torch.float64, device=dev)  # sum w*CE, prompt CE, completion CE (this rank)
     for k, mb in enumerate(micro[rank::world]):
-        x, y, w, p = ((t.pin_memory() if dev.startswith("cuda") else t).to(dev, non_blocking=True)
-                      for t in collate(data, mb, plw, pad_multiple))
+        b = host_batch(data, mb, plw, pad_multiple, packed, scale)
+        # micro_mean's factor from the host's weights; packed, its per-example factors are in wl already
+        factor = 1.0 if scale is not None else loss_factor(c, W, n_nonzero, world, float(b["w"].sum()))
+        b = {name: (t.pin_memory() if dev.startswith("cuda") else t).to(dev, non_blocking=True) for name, t in b.items()}
         last = k == n_mine - 1
         sync = model.no_sync() if world > 1 and not fsdp and not last else nullcontext()
         if fsdp:
             run["raw_model"].set_requires_gradient_sync(last)
-        factor = loss_factor(c, W, n_nonzero, world, float(w.sum()) if c["loss_norm"] == "micro_mean" else None)
+        extra = {name: b[name] for name in ("keep", "input_pos", "doc") if name in b}
         with sync, autocast:
-            loss, ce = micro_loss(model, x, y, w, factor, c["label_smoothing"])
+            loss, ce = micro_loss(model, b["x"], b["y"], b["wl"], factor, c["label_smoothing"], **extra)
         loss.backward()
         with torch.no_grad():
+            y, w, p = b["y"], b["w"], b["p"]
             valid = y >= 0
             stats += torch.stack([(ce * w).sum(), (ce * (valid & p)).sum(), (ce * (valid & ~p)).sum()]).double()
     params = run["params"]
@@ -401,7 +445,12 @@ def train_step(run, model, it, autocast, pad_multiple):
         gnorm = torch.nn.utils.clip_grad_norm_(params, c["grad_clip"])
     else:
         gnorm = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
-    gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # the step's one host sync
+    if world > 1:
+        dist.all_reduce(stats)  # the step's losses over all ranks, for the log
+    gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+    # the step's one host sync: the gradient norm (does the update happen?) and the log's sums, in one transfer
+    host = torch.cat([gnorm.reshape(1).to(stats.dtype), stats]).tolist()
+    gnorm, stats = host[0], host[1:]
     if math.isfinite(gnorm) and W > 0:
         opt.step()
     opt.zero_grad(set_to_none=True)
@@ -411,9 +460,7 @@ def train_step(run, model, it, autocast, pad_multiple):
 
 def log_row(run, it, s, window, dt):
     """The log.jsonl row after step `it`: the step's losses (all ranks), and throughput over the logging window"""
-    if run["world"] > 1:
-        dist.all_reduce(s["stats"])
-    st = s["stats"].tolist()
+    st = s["stats"]  # all ranks' sums, on the host (train_step)
     row = {"iter": it + 1, "epoch": round((it + 1) / run["per_epoch"], 4), "loss": st[0] / max(s["W"], 1e-12),
            "prompt_loss": st[1] / max(s["n_prompt"], 1), "completion_loss": st[2] / max(s["n_targets"] - s["n_prompt"], 1),
            "lr": s["lr"], "grad_norm": s["gnorm"], "tokens": s["n_targets"],
@@ -468,8 +515,7 @@ def main(argv):
         bar.update(1)
         T = (lengths[s["ids"]] - 1).astype(np.float64)                                                # (G,) targets
         window["tokens"] += s["n_targets"]
-        window["padded"] += sum(len(mb) * -(-int(lengths[mb].max() - 1) // pad_multiple) * pad_multiple
-                                for mb in s["micro"])
+        window["padded"] += padded_tokens(s["micro"], lengths, pad_multiple, c["pack"])
         window["flops"] += float(f0 * T.sum() + f1 * (T * T).sum())
         if (it + 1) % c["log_interval"] == 0 or it + 1 == total:
             row = log_row(run, it, s, window, time.time() - t_last)

@@ -78,6 +78,58 @@ def test_compiled_blocks_hold_over_lengths_and_batch_sizes(ckpt):
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+# packed rows (train.py pack=True): the examples' lengths in each row, one row per micro-batch
+PACKED = [[5, 9, 17], [33, 2], [40, 12, 7, 3], [64], [21, 21, 21], [50, 10], [8, 8]]
+
+
+def packed_row(lens, seed):
+    g = torch.Generator().manual_seed(seed)
+    T = sum(lens)
+    idx = torch.randint(0, ARGS.vocab_size, (1, T), generator=g)
+    targets = idx.roll(-1, 1)
+    pos = torch.cat([torch.arange(L) for L in lens])[None]                          # (1, T) restarting per example
+    doc = torch.cat([torch.full((L,), i) for i, L in enumerate(lens)])[None]          # (1, T)
+    return idx, targets, pos, doc, torch.rand(1, T, generator=g)
+
+
+def packed_step(m, lens, seed):
+    idx, targets, pos, doc, w = packed_row(lens, seed)
+    loss = (m(idx, targets, input_pos=pos, doc=doc) * w).sum() / w.sum()
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in m.named_parameters()}
+    m.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("every", [0, 2])
+def test_compiled_blocks_hold_over_packed_rows(every):
+    # packed rows of 7 lengths through the compiled blocks, without checkpointing and with every 2nd block
+    # checkpointed: one graph, no graph break, the eager values; then FlexAttention's block mask (forward: it has no
+    # CPU backward; train.py uses it on CUDA) through the same blocks, also without a graph break
+    fresh_counts()
+    m, ref = model(ckpt=every > 0).compile_blocks(backend="aot_eager"), model(ckpt=every > 0)
+    m.checkpoint_every = ref.checkpoint_every = max(every, 1)
+    for i, lens in enumerate(PACKED):
+        loss, grads = packed_step(m, lens, i)
+        ref_loss, ref_grads = packed_step(ref, lens, i)
+        assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-6), lens
+        assert all(torch.allclose(grads[k], ref_grads[k], rtol=1e-4, atol=1e-6) for k in grads), lens
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1 and recompiles() == [], (dict(counters["stats"]), recompiles())
+    m.flex = ref.flex = True
+    graphs = []
+    with torch.no_grad():
+        for i, lens in enumerate(PACKED):
+            idx, targets, pos, doc, _ = packed_row(lens, i)
+            out = m(idx, targets, input_pos=pos, doc=doc)
+            assert torch.allclose(out, ref(idx, targets, input_pos=pos, doc=doc), rtol=1e-5, atol=1e-6), lens
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert dict(counters["graph_break"]) == {}
+    # the first length is specialised, the second makes it dynamic (in the block and in eager flex_attention's own
+    # compiled wrapper): from the third row on, no new graph
+    assert len(set(graphs[2:])) == 1, (graphs, recompiles())
+
+
 def test_inductor_blocks_equal_eager_with_and_without_checkpointing():
     fresh_counts()
     eager = model()
