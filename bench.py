@@ -169,6 +169,80 @@ def peak_memory(device, reset=False):
     return torch.cuda.max_memory_allocated(device)
 
 
+class HostSyncs:
+    """Counts host syncs: the operations that make the host wait for the device on a GPU, on any device (a test on
+    the CPU counts what would wait on CUDA). On CUDA, torch's own sync debug mode reports each synchronizing call
+    as a warning, counted here; elsewhere a dispatch mode counts the ops that need a device value on the host
+    (.item() / float() / bool(), nonzero, masked_select, boolean indexing, unique, ...) and .tolist() (a device-to-host
+    copy). `paused` (a context) excludes work done on the host's own tensors, such as collating a batch.
+
+        with HostSyncs(device) as syncs:
+            train_step(...)
+        syncs.count
+    """
+    OPS = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "_unique", "_unique2",
+           "unique_dim", "unique_consecutive", "repeat_interleave")
+
+    def __init__(self, device):
+        self.cuda, self.count, self.calls, self._pause = torch.device(device).type == "cuda", 0, [], 0
+
+    def hit(self, what):
+        if not self._pause:
+            self.count += 1
+            self.calls.append(what)
+
+    def paused(self):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def pause():
+            self._pause += 1
+            try:
+                yield
+            finally:
+                self._pause -= 1
+        return pause()
+
+    def __enter__(self):
+        if self.cuda:
+            import warnings
+            self._warnings = warnings.catch_warnings(record=True)
+            self._seen = self._warnings.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            return self
+        from torch.utils._python_dispatch import TorchDispatchMode
+        counter, ops = self, {getattr(torch.ops.aten, name) for name in self.OPS if hasattr(torch.ops.aten, name)}
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                boolean_index = func is torch.ops.aten.index.Tensor and any(
+                    t is not None and t.dtype == torch.bool for t in args[1])
+                if func.overloadpacket in ops or boolean_index:
+                    counter.hit(str(func))
+                return func(*args, **(kwargs or {}))
+        self._mode, self._tolist = Mode(), torch.Tensor.tolist
+        tolist = self._tolist
+
+        def counted_tolist(t):
+            counter.hit("tolist")
+            return tolist(t)
+        torch.Tensor.tolist = counted_tolist
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode("default")
+            hits = [w for w in self._seen if "synchroniz" in str(w.message).lower()]
+            self.count, self.calls = len(hits), [str(w.message)[:120] for w in hits]
+            self._warnings.__exit__(*exc)
+            return False
+        self._mode.__exit__(*exc)
+        torch.Tensor.tolist = self._tolist
+        return False
+
+
 def measure(s, sides, desc, with_model=True):
     """sides: {"ours": wrap, "hf": wrap}, wrap(model) -> run: model is ours, or HF's LLaMA with the same initial
     weights (None where with_model is False); run(i) does work item i and returns what the parity checks compare.

@@ -171,9 +171,10 @@ def micro_mean_scale(data, ids, lengths, plw, batch_size, accum, world):
 
 
 def host_batch(data, mb, plw, pad_multiple, packed, scale=None):
-    """One micro-batch as CPU tensors: x, y, w, p (collate's), keep (the non-padding targets' indices: found here,
-    not by a device sync), and for packed rows pos and doc (collate_packed's) and, under micro_mean, w scaled by each
-    token's example's multiplier (micro_mean_scale) as wl, the weights of the loss (else wl = w)."""
+    """One micro-batch as CPU tensors, and its weight sum: x, y, w, p (collate's), keep (the non-padding targets'
+    indices: found here, not by a device sync), and for packed rows pos and doc (collate_packed's) and, under
+    micro_mean, w scaled by each token's example's multiplier (micro_mean_scale) as wl, the weights of the loss
+    (else wl = w)."""
     if not packed:
         x, y, w, p = collate(data, mb, plw, pad_multiple)
         b = dict(x=x, y=y, w=w, p=p)
@@ -186,7 +187,7 @@ def host_batch(data, mb, plw, pad_multiple, packed, scale=None):
         known = np.array(sorted(scale))
         s = np.array([scale[i] for i in known], dtype=np.float32)[np.searchsorted(known, doc.numpy().clip(0))]
         b["wl"] = b["w"] * torch.from_numpy(s)                                            # (1, T)
-    return b
+    return b, float(b["w"].sum())
 
 
 def micro_loss(model, x, y, w, factor, label_smoothing, **kw):
@@ -423,9 +424,9 @@ def train_step(run, model, it, autocast, pad_multiple):
              if packed and c["loss_norm"] == "micro_mean" else None)
     stats = torch.zeros(3, dtype=torch.float64, device=dev)  # sum w*CE, prompt CE, completion CE (this rank)
     for k, mb in enumerate(micro[rank::world]):
-        b = host_batch(data, mb, plw, pad_multiple, packed, scale)
+        b, micro_w = host_batch(data, mb, plw, pad_multiple, packed, scale)
         # micro_mean's factor from the host's weights; packed, its per-example factors are in wl already
-        factor = 1.0 if scale is not None else loss_factor(c, W, n_nonzero, world, float(b["w"].sum()))
+        factor = 1.0 if scale is not None else loss_factor(c, W, n_nonzero, world, micro_w)
         b = {name: (t.pin_memory() if dev.startswith("cuda") else t).to(dev, non_blocking=True) for name, t in b.items()}
         last = k == n_mine - 1
         sync = model.no_sync() if world > 1 and not fsdp and not last else nullcontext()

@@ -116,7 +116,7 @@ def test_packed_update_equals_per_example_for_every_loss_norm(stories_data, norm
     rows = pack_rows(ids, lengths, 600, world)
     assert len(rows) >= 2 * world and max(len(r) for r in rows) >= 2  # several rows, several examples in a row
     for row in rows:
-        b = train.host_batch(data, row, plw, 1, True, scale)
+        b, _ = train.host_batch(data, row, plw, 1, True, scale)
         factor = 1.0 if scale is not None else train.loss_factor(c, W, n_nonzero, world)
         loss, _ = train.micro_loss(m, b["x"], b["y"], b["wl"], factor / world, 0.0, keep=b["keep"],
                                    input_pos=b["input_pos"], doc=b["doc"])
