@@ -26,8 +26,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import (args_from_hf_config, checkpoint, claim_run_dir, clear_run_dir, export_final, list_checkpoints,
-                        load_model, open_log, resume_state)
+from checkpoint import (args_from_hf_config, check_disk, checkpoint, claim_run_dir, clear_run_dir, empty_model,
+                        export_final, finish_checkpoint, human_size, list_checkpoints, load_model, load_optimizer,
+                        load_weights, open_log, resume_state)
 from config import ConfigError, load_config
 from data.batch import (collate, collate_packed, data_fingerprint, pack_rows, padded_tokens, split_by_tokens,
                         split_micro_batches, step_examples, target_counts)
@@ -35,7 +36,7 @@ from data.prepare import prepare_dataset
 from model import Transformer
 from optim import AdamWBF16
 from tokenizer import Tokenizer
-from util import STOP, catch_stop_signals, cli, write_json
+from util import STOP, DataError, catch_stop_signals, cli, write_json
 
 # -----------------------------------------------------------------------------
 # default config: Stanford Alpaca's recipe, which the paper used (LLaMA-2-7B, 3 epochs, global batch 128)
@@ -80,6 +81,9 @@ compile = torch.cuda.is_available()  # torch.compile each transformer block (mod
 parallel = "ddp"                # under torchrun: ddp (replicate) | fsdp (FSDP2: shard params, grads, state)
 checkpoint_interval = 0         # save a resumable checkpoint every N steps (0: only at the end)
 keep_checkpoints = 1            # how many step checkpoints to keep in out_dir
+checkpoint_async = True         # write checkpoints in a background thread (torch.distributed.checkpoint.async_save):
+                                # training waits only for the copy of the state to host memory
+checkpoint_weights_only = False  # checkpoints without the optimizer state: a third of the size (AdamW), not resumable
 resume = False                  # continue the run in out_dir from its last checkpoint (max_iters/epochs may grow)
 overwrite = False               # allow starting a new run in an out_dir that holds another run
 log_interval = 1                # log every N steps (1 is needed for the loss RSD analysis)
@@ -96,7 +100,7 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 RESUMABLE_CHANGES = {"resume", "overwrite", "log_interval", "checkpoint_interval", "keep_checkpoints", "compile",
                      "eval_interval", "batch_size", "gradient_accumulation_steps", "device", "parallel",
                      "activation_checkpointing", "max_iters", "epochs", "tokens_per_micro_batch", "pack",
-                     "checkpoint_every"}
+                     "checkpoint_every", "checkpoint_async", "checkpoint_weights_only"}
 
 
 def check_config(c):
@@ -265,16 +269,20 @@ def check_trainable(c, data):
                           f"and prompt_loss_weight is 0, so every loss weight is 0")
 
 
-def build_model(c, load_dir, base_args, dev, fsdp, master):
-    """The model to train (FSDP2-sharded under parallel=fsdp), in the weights' own dtype, in train mode."""
+def build_model(c, base_args, dev, fsdp, master, ckpt=None):
+    """The model to train (FSDP2-sharded under parallel=fsdp), in the weights' own dtype, in train mode: init_from's
+    weights, or those of the training checkpoint ckpt (resume; then built empty, the checkpoint read straight in)."""
     wdtype = torch.bfloat16 if c["optimizer"] == "adamw_bf16" else torch.float32
     try:
-        if fsdp:  # every rank builds on meta; rank 0 alone reads the checkpoint and broadcasts it below
+        if fsdp:  # every rank builds on meta; rank 0 alone reads init_from and broadcasts it below
             with torch.device("meta"):
                 model = Transformer(base_args)
-            full_sd = load_model(load_dir, dtype=wdtype).state_dict() if master else {}
+            full_sd = load_model(c["init_from"], dtype=wdtype).state_dict() if master and not ckpt else {}
+        elif ckpt:
+            model = empty_model(base_args, dev, wdtype)
+            load_weights(model, ckpt)
         else:
-            model = load_model(load_dir, device=dev, dtype=wdtype)
+            model = load_model(c["init_from"], device=dev, dtype=wdtype)
     except (FileNotFoundError, ValueError) as e:  # a broken checkpoint is the user's to fix: say what is wrong
         raise ConfigError(str(e)) from None
     for m in model.modules():  # dropout is a training setting, not part of the checkpoint
@@ -292,13 +300,19 @@ def build_model(c, load_dir, base_args, dev, fsdp, master):
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         model.to_empty(device=dev)
-        set_model_state_dict(model, full_sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-        model.reset_rope(device=dev)  # buffers are not sharded or broadcast: compute them where they live
+        if ckpt:  # each rank reads its shard
+            load_weights(model, ckpt)
+        else:
+            set_model_state_dict(model, full_sd,
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    if fsdp or ckpt:
+        model.reset_rope(device=dev)  # buffers are not saved, sharded or broadcast: compute them where they live
     return model
 
 
-def build_optimizer(c, model, dev, state, fsdp, master, rank):
-    """AdamW, no decay on norm weights (1-D), fused kernels on CUDA; restored from `state` when resuming"""
+def build_optimizer(c, model, dev, state, ckpt, rank):
+    """AdamW, no decay on norm weights (1-D), fused kernels on CUDA; restored from checkpoint ckpt (its train state
+    `state`) when resuming"""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": c["weight_decay"]},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -308,16 +322,25 @@ def build_optimizer(c, model, dev, state, fsdp, master, rank):
     else:
         opt = torch.optim.AdamW(groups, lr=c["learning_rate"], betas=betas, eps=1e-8, fused=dev.startswith("cuda"))
     if state is not None:
-        if fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-            set_optimizer_state_dict(model, opt, state["optimizer"] if master else {},
-                                     options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-        else:
-            opt.load_state_dict(state["optimizer"])
+        load_optimizer(model, opt, ckpt)  # each rank reads its shard (DCP)
         torch.set_rng_state(state["rng"]["torch"][rank % len(state["rng"]["torch"])])
         if dev.startswith("cuda") and state["rng"].get("cuda"):
             torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])])
     return opt
+
+
+def check_run_disk(c, model, out, ckpts, start, total):
+    """Before any long work: can the disk hold the run's checkpoints and export? A checkpoint is the weights plus
+    (unless checkpoint_weights_only) AdamW's two moments, each in the weights' dtype: 3x the weights; the most at once
+    is keep_checkpoints + 1 while one is being written (then the oldest goes), or keep_checkpoints + the export."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # global sizes, under FSDP too
+    size = weights * (1 if c["checkpoint_weights_only"] else 3)
+    saves = ((total - start) // c["checkpoint_interval"] if c["checkpoint_interval"] else 0) + 1
+    have = len(ckpts)  # already on disk (resume): counted as used, and removed as new ones come
+    peak = max((min(c["keep_checkpoints"] + 1, have + saves) - have) * size,
+               (min(c["keep_checkpoints"], have + saves) - have) * size + weights)
+    check_disk(out, peak, f"this run's checkpoints ({human_size(size)} each, keep_checkpoints={c['keep_checkpoints']}) "
+                          f"and its exported model")
 
 
 @torch.no_grad()
@@ -379,12 +402,18 @@ def setup(c):
     warmup = c["warmup_iters"] if c["warmup_iters"] >= 0 else math.ceil(c["warmup_ratio"] * total)
     fingerprint = data_fingerprint(train_data)
     state = resume_state(c, ckpts, G, fingerprint, DEFAULTS, RESUMABLE_CHANGES) if c["resume"] else None
-    model = build_model(c, ckpts[-1] if c["resume"] else c["init_from"], base_args, dev, fsdp, master)
-    opt = build_optimizer(c, model, dev, state, fsdp, master, rank)
+    ckpt = ckpts[-1] if c["resume"] else None
+    model = build_model(c, base_args, dev, fsdp, master, ckpt)
+    opt = build_optimizer(c, model, dev, state, ckpt, rank)
+    check_run_disk(c, model, c["out_dir"], ckpts, state["iter"] if state else 0, total)
     # theta_0 of the Minkowski penalty: the weights the run started from (init_from, also after a resume)
     base = ([p.detach() for p in load_model(c["init_from"], device=dev, dtype=next(model.parameters()).dtype).parameters()]
             if c["minkowski_lambda"] > 0 else None)
+    # DCP's own process group, on the CPU (gloo): async_save's collectives run in a background thread, apart from
+    # the training's (NCCL on GPUs)
+    ckpt_group = dist.new_group(backend="gloo") if world > 1 else None
     run = dict(cfg=c, raw_model=model, opt=opt, dev=dev, rank=rank, world=world, master=master, fsdp=fsdp, G=G,
+               ckpt_group=ckpt_group,
                fingerprint=fingerprint, tok_path=tok_path, train_data=train_data, val_data=val_data, n=n,
                per_epoch=per_epoch, total=total, warmup=warmup, start=state["iter"] if state else 0, base=base)
     if master:
@@ -502,44 +531,49 @@ def main(argv):
     catch_stop_signals(interrupt=False)  # from here a signal finishes the step in flight, checkpoints, exits
     bar = tqdm(total=total, initial=run["start"], disable=not master, desc="train", dynamic_ncols=True, file=sys.stderr)
     t_last, window = time.time(), {"tokens": 0, "padded": 0, "flops": 0.0}
-    for it in range(run["start"], total):
-        s = train_step(run, model, it, autocast, pad_multiple)
-        if not math.isfinite(s["gnorm"]) and c["on_nonfinite"] == "stop":
-            path = checkpoint(run, it)  # the weights are still those before this step: the last good state
-            bar.close()
-            say(master, f"error: non-finite loss/gradient at iter {it + 1}: stopped; the last good state (after iter "
-                        f"{it}) is saved in {path}. Resume with --resume=True, or set on_nonfinite='skip'")
-            raise SystemExit(3)
-        if not math.isfinite(s["gnorm"]) or s["W"] <= 0:
-            say(master, f"warning: iter {it + 1} skipped: "
-                        f"{'non-finite gradient' if s['W'] > 0 else 'no target with non-zero weight'}")
-        bar.update(1)
-        T = (lengths[s["ids"]] - 1).astype(np.float64)                                                # (G,) targets
-        window["tokens"] += s["n_targets"]
-        window["padded"] += padded_tokens(s["micro"], lengths, pad_multiple, c["pack"])
-        window["flops"] += float(f0 * T.sum() + f1 * (T * T).sum())
-        if (it + 1) % c["log_interval"] == 0 or it + 1 == total:
-            row = log_row(run, it, s, window, time.time() - t_last)
-            evals = c["eval_interval"] and (it + 1) % c["eval_interval"] == 0
-            if run["val_data"] is not None and (evals or it + 1 == total):
-                row.update(evaluate(run, model, run["val_data"], autocast))
-            if master:
-                run["log_file"].write(json.dumps(row) + "\n")
-                run["log_file"].flush()
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{s['lr']:.2e}")
-            t_last, window = time.time(), {"tokens": 0, "padded": 0, "flops": 0.0}
-        if (c["checkpoint_interval"] and (it + 1) % c["checkpoint_interval"] == 0 or STOP) and it + 1 < total:
-            path = checkpoint(run, it + 1)
-            if STOP:
+    try:
+        for it in range(run["start"], total):
+            s = train_step(run, model, it, autocast, pad_multiple)
+            if not math.isfinite(s["gnorm"]) and c["on_nonfinite"] == "stop":
+                path = checkpoint(run, it, wait=True)  # the weights are still those before this step: the last good one
                 bar.close()
-                say(master, f"interrupted by signal {STOP[0]} after iter {it + 1}: checkpoint saved in {path}; "
-                            f"continue with --resume=True")
-                raise SystemExit(128 + STOP[0])
+                say(master, f"error: non-finite loss/gradient at iter {it + 1}: stopped; the last good state (after "
+                            f"iter {it}) is saved in {path}. Resume with --resume=True, or set on_nonfinite='skip'")
+                raise SystemExit(3)
+            if not math.isfinite(s["gnorm"]) or s["W"] <= 0:
+                say(master, f"warning: iter {it + 1} skipped: "
+                            f"{'non-finite gradient' if s['W'] > 0 else 'no target with non-zero weight'}")
+            bar.update(1)
+            T = (lengths[s["ids"]] - 1).astype(np.float64)                                                # (G,) targets
+            window["tokens"] += s["n_targets"]
+            window["padded"] += padded_tokens(s["micro"], lengths, pad_multiple, c["pack"])
+            window["flops"] += float(f0 * T.sum() + f1 * (T * T).sum())
+            if (it + 1) % c["log_interval"] == 0 or it + 1 == total:
+                row = log_row(run, it, s, window, time.time() - t_last)
+                evals = c["eval_interval"] and (it + 1) % c["eval_interval"] == 0
+                if run["val_data"] is not None and (evals or it + 1 == total):
+                    row.update(evaluate(run, model, run["val_data"], autocast))
+                if master:
+                    run["log_file"].write(json.dumps(row) + "\n")
+                    run["log_file"].flush()
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{s['lr']:.2e}")
+                t_last, window = time.time(), {"tokens": 0, "padded": 0, "flops": 0.0}
+            finish_checkpoint(run, wait=False)  # an asynchronous checkpoint, renamed into place once it is written
+            if (c["checkpoint_interval"] and (it + 1) % c["checkpoint_interval"] == 0 or STOP) and it + 1 < total:
+                path = checkpoint(run, it + 1, wait=bool(STOP))
+                if STOP:
+                    bar.close()
+                    say(master, f"interrupted by signal {STOP[0]} after iter {it + 1}: checkpoint saved in {path}; "
+                                f"continue with --resume=True")
+                    raise SystemExit(128 + STOP[0])
+    except DataError:  # a checkpoint refused (the disk is full): its one line below the progress bar, not inside it
+        bar.close()
+        raise
 
-    final = checkpoint(run, total)
+    checkpoint(run, total, wait=True)
     bar.close()
+    export_final(run)
     if master:
-        export_final(Path(c["out_dir"]), final)
         run["log_file"].close()
     say(master, f"done: {total} steps; the fine-tuned model is in {c['out_dir']} (HF layout)")
     if dist.is_initialized():

@@ -241,6 +241,37 @@ def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path, data_file):
     assert [r["loss"] for r in log_rows(b)] == [r["loss"] for r in log_rows(tmp_path / "a")]
 
 
+def test_disk_check_and_weights_only_checkpoints(tmp_path, data_file):
+    import re
+    args = [*TINY, f"--dataset={data_file}", "--max_iters=3", "--checkpoint_interval=1"]
+    # before any long work: can the disk hold the run's checkpoints and export? (the free space faked: a test seam)
+    r = run_train(*args, f"--out_dir={tmp_path / 'a'}", env={"NANOPLW_FAULT_FREE_BYTES": "1000"}, check=False)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert re.fullmatch(r"train.py: error: not enough disk space for this run's checkpoints \([0-9.]+ MB each, "
+                        r"keep_checkpoints=1\) and its exported model in \S+: it needs [0-9.]+ MB, 0.0 MB free", last)
+    assert not (tmp_path / "a").exists()  # nothing written
+    # before each checkpoint: weights-only checkpoints, room for the run and the first save, then a full disk
+    b = tmp_path / "b"
+    r = run_train(*args, f"--out_dir={b}", "--checkpoint_weights_only=True", check=False,
+                  env={"NANOPLW_FAULT_FREE_BYTES": "1e12,1e12,0"})
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert re.fullmatch(r"train.py: error: not enough disk space for checkpoint ckpt-000002 in \S+: it needs "
+                        r"[0-9.]+ MB, 0.0 MB free", last), last
+    (ckpt,) = train.list_checkpoints(b)
+    assert ckpt.name == "ckpt-000001" and not list(b.glob(".ckpt-*"))
+    # a weights-only checkpoint: DCP files of the weights alone (load_model reads them), no optimizer state
+    from torch.distributed.checkpoint import FileSystemReader
+    keys = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    assert keys and all(k.startswith("model.") for k in keys)
+    weights_bytes = sum(v.numel() * 4 for v in weights(STORIES).values())
+    assert (ckpt / "__0_0.distcp").stat().st_size < 1.3 * weights_bytes
+    assert not torch.equal(load_model(ckpt).lm_head.weight, load_model(STORIES).lm_head.weight)  # it trained a step
+    r = run_train(*args, f"--out_dir={b}", "--resume=True", check=False)
+    assert r.returncode == 1 and "holds the weights only (checkpoint_weights_only=True)" in r.stderr
+
+
 def test_output_loads_in_transformers_and_loss_falls(tmp_path, data_file):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "run"
