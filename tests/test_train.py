@@ -1,6 +1,7 @@
 """train.py: the PLW loss against independent computations, split invariance of one update, resume, outputs."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import train
 from data.batch import collate, split_micro_batches, step_examples, target_counts
 from data.prepare import load_records, tokenize, select, PROMPT, COMPLETION
 from optim import AdamWBF16, stochastic_round_bf16
+import checkpoint
 from checkpoint import load_model
 from tokenizer import Tokenizer
 from config import ConfigError, load_config
@@ -179,7 +181,9 @@ def test_update_is_the_same_for_any_split_of_the_global_batch(tmp_path, records,
     runs = {"8x1": dict(args=["--batch_size=8", "--gradient_accumulation_steps=1"]),
             "2x4": dict(args=["--batch_size=2", "--gradient_accumulation_steps=4"]),
             "ddp2x4": dict(args=["--batch_size=4", "--gradient_accumulation_steps=1"], torchrun=2),
-            "fsdp2x2x2": dict(args=["--batch_size=2", "--gradient_accumulation_steps=2", "--parallel=fsdp"], torchrun=2)}
+            # FSDP2: two steps, both checkpointed (sharded: a file per rank), the first compared here, then resumed
+            "fsdp2x2x2": dict(args=["--batch_size=2", "--gradient_accumulation_steps=2", "--parallel=fsdp",
+                                    "--max_iters=2", "--checkpoint_interval=1", "--keep_checkpoints=2"], torchrun=2)}
     for name, r in runs.items():
         run_train(*common, *r["args"], f"--out_dir={tmp_path / name}", torchrun=r.get("torchrun", 0))
 
@@ -205,7 +209,9 @@ def test_update_is_the_same_for_any_split_of_the_global_batch(tmp_path, records,
     base_log = log_rows(tmp_path / "8x1")[0]
     assert base_log["grad_norm"] == pytest.approx(norm, rel=1e-5)
     for name in runs:
-        w = weights(tmp_path / name)
+        w = weights(tmp_path / name) if name != "fsdp2x2x2" else {
+            checkpoint.hf_key(k): v for k, v in load_model(tmp_path / name / "ckpt-000001").state_dict().items()
+            if k != "lm_head.weight"}
         assert w.keys() == expected.keys()
         err = max((w[k] - expected[k]).abs()[~steep[k]].max().item() for k in expected)
         assert err <= 1e-6, (name, err)
@@ -216,6 +222,16 @@ def test_update_is_the_same_for_any_split_of_the_global_batch(tmp_path, records,
         assert row["tokens"] == base_log["tokens"]
     moved = max((weights(tmp_path / "8x1")[k] - weights(STORIES)[k]).abs().max().item() for k in expected)
     assert moved > 1e-5  # the step is 20x the tolerance
+
+    # the FSDP2 run's checkpoints: each rank wrote its own shard; resumed on two ranks from step 1, the second step
+    # is bit for bit the uninterrupted run's
+    fsdp = tmp_path / "fsdp2x2x2"
+    assert {p.name for p in (fsdp / "ckpt-000001").glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
+    two_steps, log = weights(fsdp), log_rows(fsdp)
+    shutil.rmtree(fsdp / "ckpt-000002")
+    run_train(*common, *runs["fsdp2x2x2"]["args"], f"--out_dir={fsdp}", "--resume=True", torchrun=2)
+    assert all(torch.equal(v, weights(fsdp)[k]) for k, v in two_steps.items())
+    assert log_rows(fsdp) == log[:1] + [dict(log[1], tokens_per_s=log_rows(fsdp)[1]["tokens_per_s"])]
 
 
 def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path, data_file):
