@@ -92,6 +92,10 @@ SHAPES = {
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5),
 }
+# the README's 7B command on one GPU: a config file and its overrides (tests/test_bench.py holds the README to it,
+# bench/gpu_check.sh measures it)
+README_7B = ["configs/short_plw01.py", "--parallel=ddp", "--optimizer=adamw_bf16", "--activation_checkpointing=True",
+             "--checkpoint_every=4", "--batch_size=4", "--gradient_accumulation_steps=32"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # dense bf16 tensor-core peaks (FLOP/s); the first match in the device name wins (the PCIe H100 is slower)
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}

@@ -207,11 +207,6 @@ def test_train_mode_runs_train_py_path_packed(tmp_path, config):
     assert row["hf_padded_tokens_per_step"] > row["padded_tokens_per_step"]
 
 
-# the README's 7B command on one GPU: configs/short_plw01.py with these overrides
-README_7B = ["--parallel=ddp", "--optimizer=adamw_bf16", "--activation_checkpointing=True", "--checkpoint_every=4",
-             "--batch_size=4", "--gradient_accumulation_steps=32"]
-
-
 def test_plan_of_the_default_gpu_config():
     # docs/benchmarks.md: the README's 7B command (configs/short_plw01.py on one GPU) fits 80 GB and the plan expects
     # >= 45% MFU on an H100; the paper's split (32 micro-steps of 4 rows) is the slow one it replaces
@@ -219,8 +214,8 @@ def test_plan_of_the_default_gpu_config():
     import train
     import re
     readme = re.sub(r"\s*\\\s*\n\s*", " ", (ROOT / "README.md").read_text())  # shell continuations joined
-    assert "python train.py configs/short_plw01.py " + " ".join(README_7B) in readme
-    cfg = load_config(train.DEFAULTS, ["configs/short_plw01.py", *README_7B], ignore=("sweep_",))
+    assert "python train.py " + " ".join(bench.README_7B) in readme
+    cfg = load_config(train.DEFAULTS, bench.README_7B, ignore=("sweep_",))
     argv = ["--mode=plan", "--model=llama2-7b", "--dtype=bfloat16", f"--optimizer={cfg['optimizer']}",
             f"--compile={cfg['compile']}", f"--batch_size={cfg['batch_size']}",
             f"--grad_accum={cfg['gradient_accumulation_steps']}"]
