@@ -37,8 +37,8 @@ MID = ModelArgs(dim=1024, n_layers=4, n_heads=8, n_kv_heads=8, head_dim=128, hid
 TINY = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=128, vocab_size=512,
                  max_seq_len=512)
 BACKEND = {"backend": "aot_eager"} if DRY else {}  # --dry: dynamo + AOTAutograd, no code generation
-# attention kernels by name in a profile: any fused one passes, the math fallback alone fails
-FUSED_ATTENTION = ("flash", "cudnn", "efficient_attention", "mem_eff", "fmha", "flex_attention")
+# SDPA's kernels by name in a profile (ops and CUDA kernels): any fused one passes, the math fallback alone fails
+FUSED_ATTENTION = ("flash", "cudnn", "efficient", "mem_eff", "fmha")
 
 
 def row(**kw):
@@ -90,14 +90,16 @@ def compile_counts(reset=False):
 
 
 def attention_kernels(fn):
-    """the attention kernels one call of fn runs (names from the profiler), and whether a fused one is among them"""
+    """the attention ops and kernels one call of fn runs (names from the profiler): (names, a fused SDPA kernel among
+    them, SDPA's math fallback among them)"""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEV == "cuda" else [])) as p:
         fn()
         sync()
     names = sorted({e.key for e in p.key_averages() if any(
-        k in e.key.lower() for k in ("attention", "flash", "fmha", "cudnn", "flex", "sdpa"))})
-    return names, any(k in n.lower() for n in names for k in FUSED_ATTENTION)
+        k in e.key.lower() for k in ("attention", "flash", "fmha", "cudnn", "flex", "sdpa", "triton_tem"))})
+    return (names, any(k in n.lower() for n in names for k in FUSED_ATTENTION),
+            any("attention_math" in n.lower() for n in names))
 
 
 # -----------------------------------------------------------------------------
@@ -318,15 +320,19 @@ def check_compile():
             diffs.append(abs(step(m, x, i) - ref[i]) / abs(ref[i]))
     counts = compile_counts()
     m.activation_checkpointing = False
-    padded_kernels, padded_fused = attention_kernels(lambda: step(m, shapes[-3], 0))
-    packed_kernels, packed_fused = attention_kernels(lambda: step(m, rows[0], 0))
+    padded_kernels, padded_fused, padded_math = attention_kernels(lambda: step(m, shapes[-3], 0))
+    packed_kernels, _, packed_math = attention_kernels(lambda: step(m, rows[0], 0))
+    # packed rows: FlexAttention (its Triton template kernel, whatever its name) when doc_mask makes a BlockMask
+    flex = type(m.doc_mask(torch.zeros(1, 256, dtype=torch.long, device=DEV))).__name__ == "BlockMask"
+    packed_fused = flex and not packed_math
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     ok = (counts["graph_breaks"] == 0 and counts["recompiles"] <= 4 and max(diffs) < tol and
-          (DRY or padded_fused and packed_fused))
+          (DRY or padded_fused and not padded_math and packed_fused))
     return row(check="compile", ok=ok, model=f"{args.n_layers}x{args.dim}", shapes=len(shapes), packed_rows=len(rows),
                activation_checkpointing=[False, True], **counts, max_rel_loss_diff=max(diffs), tol=tol,
                padded_attention_kernels=padded_kernels, packed_attention_kernels=packed_kernels,
-               fused_attention=[padded_fused, packed_fused], flex=m.flex)
+               fused_attention=[padded_fused, packed_fused], math_fallback=[padded_math, packed_math],
+               packed_flex_attention=flex)
 
 
 def check_optimizer():
