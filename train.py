@@ -531,46 +531,42 @@ def main(argv):
     catch_stop_signals(interrupt=False)  # from here a signal finishes the step in flight, checkpoints, exits
     bar = tqdm(total=total, initial=run["start"], disable=not master, desc="train", dynamic_ncols=True, file=sys.stderr)
     t_last, window = time.time(), {"tokens": 0, "padded": 0, "flops": 0.0}
-    try:
-        for it in range(run["start"], total):
-            s = train_step(run, model, it, autocast, pad_multiple)
-            if not math.isfinite(s["gnorm"]) and c["on_nonfinite"] == "stop":
-                path = checkpoint(run, it, wait=True)  # the weights are still those before this step: the last good one
+    for it in range(run["start"], total):
+        s = train_step(run, model, it, autocast, pad_multiple)
+        if not math.isfinite(s["gnorm"]) and c["on_nonfinite"] == "stop":
+            path = save(run, it, bar, wait=True)  # the weights are still those before this step: the last good state
+            bar.close()
+            say(master, f"error: non-finite loss/gradient at iter {it + 1}: stopped; the last good state (after iter "
+                        f"{it}) is saved in {path}. Resume with --resume=True, or set on_nonfinite='skip'")
+            raise SystemExit(3)
+        if not math.isfinite(s["gnorm"]) or s["W"] <= 0:
+            say(master, f"warning: iter {it + 1} skipped: "
+                        f"{'non-finite gradient' if s['W'] > 0 else 'no target with non-zero weight'}")
+        bar.update(1)
+        T = (lengths[s["ids"]] - 1).astype(np.float64)                                                # (G,) targets
+        window["tokens"] += s["n_targets"]
+        window["padded"] += padded_tokens(s["micro"], lengths, pad_multiple, c["pack"])
+        window["flops"] += float(f0 * T.sum() + f1 * (T * T).sum())
+        if (it + 1) % c["log_interval"] == 0 or it + 1 == total:
+            row = log_row(run, it, s, window, time.time() - t_last)
+            evals = c["eval_interval"] and (it + 1) % c["eval_interval"] == 0
+            if run["val_data"] is not None and (evals or it + 1 == total):
+                row.update(evaluate(run, model, run["val_data"], autocast))
+            if master:
+                run["log_file"].write(json.dumps(row) + "\n")
+                run["log_file"].flush()
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{s['lr']:.2e}")
+            t_last, window = time.time(), {"tokens": 0, "padded": 0, "flops": 0.0}
+        finish_checkpoint(run, wait=False)  # an asynchronous checkpoint, renamed into place once it is written
+        if (c["checkpoint_interval"] and (it + 1) % c["checkpoint_interval"] == 0 or STOP) and it + 1 < total:
+            path = save(run, it + 1, bar, wait=bool(STOP))
+            if STOP:
                 bar.close()
-                say(master, f"error: non-finite loss/gradient at iter {it + 1}: stopped; the last good state (after "
-                            f"iter {it}) is saved in {path}. Resume with --resume=True, or set on_nonfinite='skip'")
-                raise SystemExit(3)
-            if not math.isfinite(s["gnorm"]) or s["W"] <= 0:
-                say(master, f"warning: iter {it + 1} skipped: "
-                            f"{'non-finite gradient' if s['W'] > 0 else 'no target with non-zero weight'}")
-            bar.update(1)
-            T = (lengths[s["ids"]] - 1).astype(np.float64)                                                # (G,) targets
-            window["tokens"] += s["n_targets"]
-            window["padded"] += padded_tokens(s["micro"], lengths, pad_multiple, c["pack"])
-            window["flops"] += float(f0 * T.sum() + f1 * (T * T).sum())
-            if (it + 1) % c["log_interval"] == 0 or it + 1 == total:
-                row = log_row(run, it, s, window, time.time() - t_last)
-                evals = c["eval_interval"] and (it + 1) % c["eval_interval"] == 0
-                if run["val_data"] is not None and (evals or it + 1 == total):
-                    row.update(evaluate(run, model, run["val_data"], autocast))
-                if master:
-                    run["log_file"].write(json.dumps(row) + "\n")
-                    run["log_file"].flush()
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{s['lr']:.2e}")
-                t_last, window = time.time(), {"tokens": 0, "padded": 0, "flops": 0.0}
-            finish_checkpoint(run, wait=False)  # an asynchronous checkpoint, renamed into place once it is written
-            if (c["checkpoint_interval"] and (it + 1) % c["checkpoint_interval"] == 0 or STOP) and it + 1 < total:
-                path = checkpoint(run, it + 1, wait=bool(STOP))
-                if STOP:
-                    bar.close()
-                    say(master, f"interrupted by signal {STOP[0]} after iter {it + 1}: checkpoint saved in {path}; "
-                                f"continue with --resume=True")
-                    raise SystemExit(128 + STOP[0])
-    except DataError:  # a checkpoint refused (the disk is full): its one line below the progress bar, not inside it
-        bar.close()
-        raise
+                say(master, f"interrupted by signal {STOP[0]} after iter {it + 1}: checkpoint saved in {path}; "
+                            f"continue with --resume=True")
+                raise SystemExit(128 + STOP[0])
 
-    checkpoint(run, total, wait=True)
+    save(run, total, bar, wait=True)
     bar.close()
     export_final(run)
     if master:
@@ -578,6 +574,15 @@ def main(argv):
     say(master, f"done: {total} steps; the fine-tuned model is in {c['out_dir']} (HF layout)")
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def save(run, it, bar, wait=False):
+    """checkpoint(run, it), its refusal (the disk is full) printed below the progress bar rather than inside it"""
+    try:
+        return checkpoint(run, it, wait)
+    except DataError:
+        bar.close()
+        raise
 
 
 def say(master, msg):

@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
