@@ -387,7 +387,7 @@ def checkpoint(run, it, wait=False):
         dist.barrier()
     state = {"iter": it, "rng": rng, "config": c, "global_batch": run["G"], "data_fingerprint": run["fingerprint"],
              "weights_only": c["checkpoint_weights_only"]}
-    where = dict(checkpoint_id=str(tmp), process_group=run.get("ckpt_group"), no_dist=run["world"] == 1)
+    where = dict(checkpoint_id=str(tmp), process_group=run.get("ckpt_group"), no_dist=run.get("ckpt_group") is None)
     if c["checkpoint_async"]:
         result = dcp.async_save(sd, **where)
         future = getattr(result, "upload_completion", result)  # torch >= 2.9 may return an AsyncSaveResponse
@@ -504,6 +504,10 @@ def open_log(out, start, resume):
 
 def resume_state(c, ckpts, G, fingerprint, defaults, resumable):
     """The last checkpoint's training state; refused if the run was started with settings that change the update."""
+    if not (ckpts[-1] / ".metadata").is_file():
+        raise DataError(f"cannot resume {c['out_dir']}: its last checkpoint {ckpts[-1].name} is in the format before "
+                        f"torch.distributed.checkpoint (HF weights + train_state.pt); finish that run with the nanoPLW "
+                        f"that started it, or start over")
     state = torch.load(ckpts[-1] / "train_state.pt", map_location="cpu", weights_only=False, mmap=True)
     if state.get("weights_only"):
         raise DataError(f"cannot resume {c['out_dir']}: its last checkpoint {ckpts[-1].name} holds the weights only "

@@ -410,8 +410,8 @@ def setup(c):
     base = ([p.detach() for p in load_model(c["init_from"], device=dev, dtype=next(model.parameters()).dtype).parameters()]
             if c["minkowski_lambda"] > 0 else None)
     # DCP's own process group, on the CPU (gloo): async_save's collectives run in a background thread, apart from
-    # the training's (NCCL on GPUs)
-    ckpt_group = dist.new_group(backend="gloo") if world > 1 else None
+    # the training's, and it needs a CPU backend (NCCL alone is refused, under torchrun with one GPU too)
+    ckpt_group = dist.new_group(backend="gloo") if dist.is_initialized() else None
     run = dict(cfg=c, raw_model=model, opt=opt, dev=dev, rank=rank, world=world, master=master, fsdp=fsdp, G=G,
                ckpt_group=ckpt_group,
                fingerprint=fingerprint, tok_path=tok_path, train_data=train_data, val_data=val_data, n=n,
