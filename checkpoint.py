@@ -387,12 +387,12 @@ def checkpoint(run, it, wait=False):
         dist.barrier()
     state = {"iter": it, "rng": rng, "config": c, "global_batch": run["G"], "data_fingerprint": run["fingerprint"],
              "weights_only": c["checkpoint_weights_only"]}
-    where = dict(checkpoint_id=str(tmp), process_group=run.get("ckpt_group"), no_dist=run.get("ckpt_group") is None)
+    where = dict(checkpoint_id=str(tmp), process_group=run.get("ckpt_group"))  # None: no process group, one process
     if c["checkpoint_async"]:
         result = dcp.async_save(sd, **where)
-        future = getattr(result, "upload_completion", result)  # torch >= 2.9 may return an AsyncSaveResponse
+        future = getattr(result, "upload_completion", result)  # newer torch may return an AsyncSaveResponse
     else:
-        dcp.save(sd, **where)
+        dcp.save(sd, **where, no_dist=run.get("ckpt_group") is None)
         future = None
     run["pending"] = dict(future=future, tmp=tmp, final=final, state=state)
     if wait or future is None:
