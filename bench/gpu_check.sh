@@ -31,7 +31,8 @@
 #     gemm           bf16 GEMM efficiency at 7B's projections for 512-8192 tokens (the plan's assumption, measured)
 #     train_single   train.py end to end on tests/fixtures/stories260K, one GPU: compile, packed rows, adamw_bf16
 #     train_fsdp     torchrun --nproc_per_node=1 train.py --parallel=fsdp with activation checkpointing, compile and
-#                    packed rows; then stopped at half way and resumed: the resumed weights against the run's
+#                    packed rows, checkpointed at half way and at the end; resumed from half way: its weights
+#                    against the whole run's
 # Rows go to --out (bench/results.jsonl). Exit status: 0 when every check passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,7 @@ for a in "$@"; do
     --out=*) OUT=${a#--out=} ;;
     --only=*) ONLY=${a#--only=} ;;
     --limits) LIMITS=1 ;;
-    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $a (--help)" >&2; exit 2 ;;
   esac
 done
