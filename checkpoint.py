@@ -13,20 +13,28 @@ import json
 import os
 import re
 import shutil
+import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 from safetensors import safe_open, SafetensorError
 from safetensors.torch import save_file
 
 from model import ModelArgs, Transformer
-from util import DataError, atomic_write, check_free_space, disk_full, fsync_dir, gb
+from util import DataError, atomic_write, disk_full, fsync_dir, gb
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}  # model_type -> the one class read
+
+# DCP in a single process (no torch.distributed): what we ask for, so its note saying it assumes so is noise
+warnings.filterwarnings("ignore", message="torch.distributed is .*assuming the intent is to (save|load)")
 
 
 def args_from_hf_config(cfg, source="config.json"):
@@ -171,6 +179,8 @@ def load_model(path, device="cpu", dtype=None):
     """
     path = Path(path)
     args = read_args(path)
+    if (path / ".metadata").is_file() and not list(path.glob("model*.safetensors*")):  # a training checkpoint
+        return load_training_checkpoint(path, args, device, dtype)
     files = checkpoint_files(path)
 
     with torch.device("meta"):
@@ -276,8 +286,11 @@ def save_hf_checkpoint(state_dict, args, path, dtype=None, max_shard_bytes=5 * 2
 
 
 # -----------------------------------------------------------------------------
-# training checkpoints: out_dir/ckpt-NNNNNN/ is an HF model directory plus train_state.pt, written as a hidden temp
-# directory and renamed into place, so a crash at any moment leaves the previous checkpoint whole
+# training checkpoints: out_dir/ckpt-NNNNNN/ holds the weights and the optimizer state as torch.distributed.checkpoint
+# (DCP) files, every rank writing its own shard (.metadata + __<rank>_0.distcp; nothing is gathered on rank 0), beside
+# config.json and the tokenizer (load_model reads such a directory) and train_state.pt (step, every rank's RNG,
+# config, data fingerprint). Written as a hidden temp directory and renamed once whole, so a crash at any moment leaves
+# the last checkpoint whole.
 
 def list_checkpoints(out):
     return sorted(p for p in Path(out).glob("ckpt-[0-9]*") if p.is_dir() and (p / "train_state.pt").is_file())
@@ -287,75 +300,204 @@ def write_train_state(state, path):
     torch.save(state, path)
 
 
+def free_bytes(path):
+    """free bytes on the filesystem that holds path (or would: its nearest existing parent)"""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_disk(path, needed, what, hint="", group=None):
+    """Refuse, in one line, to write `needed` bytes where fewer are free (every rank alike: the least free space)"""
+    free = free_bytes(path)
+    if group is not None:
+        t = torch.tensor([free], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group)
+        free = int(t.item())
+    if free < needed:
+        raise DataError(f"not enough disk space for {what} in {path}: it needs {human_size(needed)}, "
+                        f"{human_size(free)} free{hint}")
+
+
+def human_size(n):
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def state_bytes(state):
+    """Bytes of the tensors of a nested state dict, all ranks' shards together (a DTensor at its global size): what
+    DCP writes, but for its per-tensor headers (a tied head, stored under both names, is counted twice: so is it)"""
+    total, stack = 0, [state]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif torch.is_tensor(x):
+            total += x.numel() * x.element_size()
+    return total
+
+
+def training_state(model, opt, weights_only):
+    """{"model": ..., "optim": ...}: the state dicts DCP saves and loads, keyed by parameter name (whatever wraps the
+    model: plain, DDP or FSDP2, so a run may resume on another number of GPUs); the model alone if weights_only"""
+    sd = {"model": get_model_state_dict(model)}
+    if not weights_only:
+        sd["optim"] = get_optimizer_state_dict(model, opt)
+    return sd
+
+
+def load_weights(model, path):
+    """The weights of training checkpoint `path` into model (plain or FSDP2-sharded: each rank reads its part)"""
+    sd = get_model_state_dict(model)
+    dcp.load({"model": sd}, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    set_model_state_dict(model, sd)
+
+
+def load_optimizer(model, opt, path):
+    """The optimizer state of training checkpoint `path` into opt. get_optimizer_state_dict first creates the state
+    (one step at lr 0, which moves no weight) for DCP to load into."""
+    sd = get_optimizer_state_dict(model, opt)
+    dcp.load({"optim": sd}, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    set_optimizer_state_dict(model, opt, sd)
+
+
+def empty_model(args, device, dtype):
+    """Transformer(args) on device in dtype, its weights uninitialised (to be loaded), without a pass of random init"""
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = model.to(dtype).to_empty(device=device)
+    if args.tie_word_embeddings:  # to_empty gives every parameter its own storage: tie the head again
+        model.lm_head.weight = model.embed_tokens.weight
+    return model
+
+
+def load_training_checkpoint(path, args, device="cpu", dtype=None):
+    """load_model of a training checkpoint: the model built empty in the saved dtype, then its weights read"""
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    model = empty_model(args, device, saved["model.embed_tokens.weight"].properties.dtype)
+    load_weights(model, path)
+    model = model.to(dtype) if dtype else model
+    model.reset_rope(device=device)
+    return model.eval()
+
+
 # the base model's HF tokenizer files travel with the fine-tuned model, so transformers and lm-evaluation-harness load
 # its tokenizer too (LLaMA 3 has no slow, tokenizer.model-based HF tokenizer)
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def state_bytes(obj):
-    """The bytes of the tensors in a (nested) state: about what torch.save writes for it"""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(state_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(state_bytes(v) for v in obj)
-    return 0
+def copy_tokenizer(tokenizer_path, base_dir, dst):
+    """tokenizer.model and the base model's HF tokenizer files into dst, each atomically"""
+    pairs = [(Path(tokenizer_path), "tokenizer.model")] + [(Path(base_dir) / name, name) for name in HF_TOKENIZER_FILES
+                                                           if base_dir and (Path(base_dir) / name).is_file()]
+    for src, name in pairs:
+        atomic_write(Path(dst) / name, lambda tmp: shutil.copyfile(src, tmp))
 
 
-def save_checkpoint(out, it, model_sd, args, tokenizer_path, state, keep, base_dir=None):
-    final, tmp = Path(out) / f"ckpt-{it:06d}", Path(out) / f".ckpt-{it:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    # the weights (in their own dtype, a tied head once) and the training state: refused before writing when the
-    # disk cannot hold them, and a disk that fills anyway leaves no temp directory, only this one line
-    need = state_bytes({k: v for k, v in model_sd.items() if not (args.tie_word_embeddings and k == "lm_head.weight")})
-    need += state_bytes(state) + os.path.getsize(tokenizer_path)
-    check_free_space(out, need, f"checkpoint {it}")
-    try:
+def checkpoint(run, it, wait=False):
+    """Save a resumable checkpoint of train.py's run after `it` steps, collectively: every rank writes its shard of the
+    weights and the optimizer state (DCP), rank 0 the rest. With checkpoint_async the state is copied to host memory
+    here and written by a background thread while training goes on; finish_checkpoint renames the checkpoint into
+    place once it is whole (wait=True: now). Refused, in one line, when the disk cannot hold it."""
+    finish_checkpoint(run, wait=True)  # one at a time: the previous one is renamed first
+    model, opt, c = run["raw_model"], run["opt"], run["cfg"]
+    out = Path(c["out_dir"])
+    final, tmp = out / f"ckpt-{it:06d}", out / f".ckpt-{it:06d}.tmp"
+    sd = training_state(model, opt, c["checkpoint_weights_only"])
+    hint = "" if c["checkpoint_weights_only"] else (
+        f" (checkpoint_weights_only=True would need {human_size(state_bytes(sd['model']))}, but cannot be resumed)")
+    check_disk(out, state_bytes(sd), f"checkpoint {final.name}", hint, run.get("ckpt_group"))
+    cuda = run["dev"].startswith("cuda")
+    rng = {"torch": [torch.get_rng_state()], "cuda": [torch.cuda.get_rng_state()] if cuda else []}
+    if run["world"] > 1:  # every rank's generator: dropout masks differ per rank
+        gathered = [None] * run["world"]
+        dist.all_gather_object(gathered, rng)
+        rng = {k: [g[k][0] for g in gathered if g[k]] for k in rng}
+    if run["master"]:
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_hf_checkpoint(model_sd, args, tmp)
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
-        for name in HF_TOKENIZER_FILES:
-            if base_dir and (Path(base_dir) / name).is_file():
-                shutil.copyfile(Path(base_dir) / name, tmp / name)
-        write_train_state(state, tmp / "train_state.pt")
-        for f in tmp.iterdir():  # model files were fsynced by save_hf_checkpoint; the others were not
+    if run["world"] > 1:
+        dist.barrier()
+    state = {"iter": it, "rng": rng, "config": c, "global_batch": run["G"], "data_fingerprint": run["fingerprint"],
+             "weights_only": c["checkpoint_weights_only"]}
+    where = dict(checkpoint_id=str(tmp), process_group=run.get("ckpt_group"))  # None: no process group, one process
+    run["pending"] = dict(future=None, tmp=tmp, final=final, state=state, it=it, need=state_bytes(sd))
+    with disk_full_refused(run["pending"]):
+        if c["checkpoint_async"]:
+            result = dcp.async_save(sd, **where)
+            run["pending"]["future"] = getattr(result, "upload_completion", result)  # newer torch: AsyncSaveResponse
+        else:
+            dcp.save(sd, **where, no_dist=run.get("ckpt_group") is None)
+    future = run["pending"]["future"]
+    if wait or future is None:
+        finish_checkpoint(run, wait=True)
+    return final
+
+
+@contextmanager
+def disk_full_refused(p):
+    """A disk that fills while checkpoint p is written: its temp directory removed, one line naming it, the size it
+    needs and the space free (the last checkpoint before it stays whole). Other errors pass, the directory removed."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError, DataError) as e:
+        shutil.rmtree(p["tmp"], ignore_errors=True)
+        if isinstance(e, DataError) or not disk_full(e):
+            raise
+        raise DataError(f"disk full while writing checkpoint {p['it']} to {p['tmp']}: it needs about {gb(p['need'])}, "
+                        f"{gb(free_bytes(p['tmp']))} is free; the last checkpoint before it is whole, so free space "
+                        f"and resume with --resume=True") from None
+
+
+def finish_checkpoint(run, wait):
+    """The pending checkpoint, once every rank's shard is written (rank 0's save completes only after all ranks'
+    writes), renamed into place by rank 0 with its train_state.pt, config.json and tokenizer; older ones beyond
+    keep_checkpoints removed. wait=False returns at once if the writing is still going on."""
+    p = run.get("pending")
+    if p is None or (not wait and p["future"] is not None and not p["future"].done()):
+        return
+    run["pending"] = None
+    with disk_full_refused(p):
+        if p["future"] is not None:
+            p["future"].result()  # a failed write raises here
+        if not run["master"]:
+            return
+        c, model, tmp, final, out = run["cfg"], run["raw_model"], p["tmp"], p["final"], Path(run["cfg"]["out_dir"])
+        dtype = next(model.parameters()).dtype
+        atomic_write(tmp / "config.json", lambda f: f.write_text(json.dumps(hf_config(model.args, dtype), indent=2) + "\n"))
+        copy_tokenizer(run["tok_path"], c["init_from"], tmp)
+        write_train_state(p["state"], tmp / "train_state.pt")
+        for f in tmp.iterdir():  # DCP fsyncs its files; make sure of all of them before the rename
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         fsync_dir(tmp)
-    except (OSError, RuntimeError, SafetensorError, DataError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not disk_full(e):
-            raise
-        raise DataError(f"disk full while writing checkpoint {it} to {tmp}: it needs about {gb(need)}, "
-                        f"{gb(shutil.disk_usage(out).free)} is free; the last checkpoint before it is whole, so free "
-                        f"space and resume with --resume=True") from None
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
     fsync_dir(out)
-    for old in list_checkpoints(out)[:-keep]:
+    for old in list_checkpoints(out)[:-c["keep_checkpoints"]]:
         shutil.rmtree(old)
-    return final
 
 
-def export_final(out, ckpt):
-    """out_dir itself becomes an HF model directory: hard links to the final checkpoint's files, each replaced
-    atomically (a copy where the filesystem has no hard links). config.json comes last, so its presence in out_dir
-    means the export is complete (sweep.py relies on that)."""
-    (Path(out) / "config.json").unlink(missing_ok=True)
-    for f in sorted((f for f in ckpt.iterdir() if f.name != "train_state.pt"), key=lambda f: f.name == "config.json"):
-        tmp = Path(out) / f".{f.name}.tmp"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(f, tmp)
-        except OSError:
-            shutil.copyfile(f, tmp)
-        os.replace(tmp, Path(out) / f.name)
-    for stale in Path(out).glob("model*.safetensors*"):  # shards of an earlier export with another sharding
-        if not (ckpt / stale.name).exists():
-            stale.unlink()
-    fsync_dir(out)
+def export_final(run):
+    """out_dir itself becomes the fine-tuned HF model directory: the weights (under FSDP2 gathered into rank 0's
+    host memory, in their own dtype) as HF safetensors and the tokenizer, each file replaced atomically. config.json
+    comes last, so its presence in out_dir means the export is complete (sweep.py relies on that). Collective."""
+    model, c = run["raw_model"], run["cfg"]
+    if run["fsdp"]:
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        sd = model.state_dict()
+    if run["master"]:
+        out = Path(c["out_dir"])
+        (out / "config.json").unlink(missing_ok=True)
+        copy_tokenizer(run["tok_path"], c["init_from"], out)
+        save_hf_checkpoint({hf_key(k): v for k, v in sd.items()}, model.args, out)  # writes config.json last
+        fsync_dir(out)
+    if run["world"] > 1:
+        dist.barrier()
 
 
 def claim_run_dir(c):
@@ -446,10 +588,17 @@ def damaged(ckpts, what):
 
 
 def check_checkpoint(ckpts):
-    """Refuse, before any long work, a last checkpoint whose files are cut short (a full disk, a killed copy): the
-    zip archive of train_state.pt and the safetensors header of each weight file must cover their files. Cheap: it
-    reads the archive's directory and the headers, not the data."""
+    """Refuse, before any long work, a last checkpoint that cannot be resumed: one in the format before
+    torch.distributed.checkpoint, or one whose files are cut short (a full disk, a killed copy): the zip archive of
+    train_state.pt must cover its file, and every shard DCP's metadata lists must hold the bytes it points at. Cheap:
+    it reads the archive's directory and the metadata, not the data."""
     last = ckpts[-1]
+    if not (last / ".metadata").is_file():
+        if (last / "train_state.pt").is_file() and (last / "model.safetensors").is_file():
+            raise DataError(f"cannot resume from {last}: it is in the format before torch.distributed.checkpoint (HF "
+                            f"weights + train_state.pt); finish that run with the nanoPLW that started it, or start "
+                            f"over with --overwrite=True")
+        raise damaged(ckpts, "its DCP metadata (.metadata) is missing")
     state = last / "train_state.pt"
     try:
         size = state.stat().st_size
@@ -460,11 +609,13 @@ def check_checkpoint(ckpts):
     except (OSError, zipfile.BadZipFile) as e:
         raise damaged(ckpts, f"{state.name} is not whole ({e})") from None
     try:
-        for f in checkpoint_files(last):
-            with safe_open(f, framework="pt") as sf:
-                sf.keys()
-    except (OSError, ValueError, SafetensorError) as e:
-        raise damaged(ckpts, f"its weights are not readable ({e})") from None
+        meta = dcp.FileSystemReader(str(last)).read_metadata()
+        for info in meta.storage_data.values():
+            f = last / info.relative_path
+            if f.stat().st_size < info.offset + info.length:
+                raise ValueError(f"{info.relative_path} is shorter than its metadata says")
+    except (OSError, ValueError, EOFError, RuntimeError) as e:
+        raise damaged(ckpts, f"its weights or optimizer state are not whole ({e})") from None
 
 
 def resume_state(c, ckpts, G, fingerprint, defaults, resumable):
@@ -473,6 +624,9 @@ def resume_state(c, ckpts, G, fingerprint, defaults, resumable):
         state = torch.load(ckpts[-1] / "train_state.pt", map_location="cpu", weights_only=False, mmap=True)
     except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
         raise damaged(ckpts, f"train_state.pt cannot be read ({e})") from None
+    if state.get("weights_only"):
+        raise DataError(f"cannot resume {c['out_dir']}: its last checkpoint {ckpts[-1].name} holds the weights only "
+                        f"(checkpoint_weights_only=True), not the optimizer state")
     was = {**defaults, **state["config"]}  # a key added since the run started had its default then
     changed = [f"{k}: {was[k]!r} -> {c[k]!r}" for k in c if k not in resumable and was[k] != c[k]]
     if state["global_batch"] != G:
@@ -483,31 +637,3 @@ def resume_state(c, ckpts, G, fingerprint, defaults, resumable):
         raise DataError(f"cannot resume {c['out_dir']}: the run was started with different settings "
                           f"({'; '.join(changed)})")
     return state
-
-
-def checkpoint(run, it):
-    """Save a resumable checkpoint of train.py's run after `it` steps: the weights in HF layout, the optimizer, every
-    rank's RNG state, the config. Collective under FSDP (all ranks gather) and DDP, rank 0 writes."""
-    model, opt, c = run["raw_model"], run["opt"], run["cfg"]
-    if run["fsdp"]:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        sd, opt_sd = get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, opt, options=opts)
-    else:
-        sd, opt_sd = model.state_dict(), opt.state_dict()
-    cuda = run["dev"].startswith("cuda")
-    rng = {"torch": [torch.get_rng_state()], "cuda": [torch.cuda.get_rng_state()] if cuda else []}
-    if run["world"] > 1:  # every rank's generator: dropout masks differ per rank
-        gathered = [None] * run["world"]
-        dist.all_gather_object(gathered, rng)
-        rng = {k: [g[k][0] for g in gathered if g[k]] for k in rng}
-    path = None
-    if run["master"]:
-        state = {"iter": it, "optimizer": opt_sd, "rng": rng, "config": c, "global_batch": run["G"],
-                 "data_fingerprint": run["fingerprint"]}
-        path = save_checkpoint(c["out_dir"], it, {hf_key(k): v for k, v in sd.items()}, model.args, run["tok_path"],
-                               state, c["keep_checkpoints"], base_dir=c["init_from"])
-    if run["world"] > 1:
-        dist.barrier()
-    return path

@@ -20,6 +20,11 @@ import torch.nn as nn
 import torch.utils.checkpoint
 import torch.nn.functional as F
 
+try:  # FlexAttention (torch >= 2.5): packed rows' document-causal attention, skipping the blocks no example reaches
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+except ImportError:
+    BlockMask = create_block_mask = flex_attention = None
+
 
 @dataclass
 class ModelArgs:
@@ -119,12 +124,16 @@ class Attention(nn.Module):
             v_cache.scatter_(2, at, v)
             S = T if mask is None else mask.shape[-1]
             k, v = k_cache[:, :, :S], v_cache[:, :, :S]                                # (B, nkv, S, hd)
-        # a plain Python bool: `T > 1` on a dynamic (symbolic) length would be a guard or a graph break when compiled
-        causal = mask is None
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_heads != self.n_heads,
-        )                                                                               # (B, nh, T, hd)
+        gqa = self.n_kv_heads != self.n_heads
+        if BlockMask is not None and isinstance(mask, BlockMask):  # packed rows, compiled on CUDA (Transformer.doc_mask)
+            y = flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)                # (B, nh, T, hd)
+        else:
+            # a plain Python bool: `T > 1` on a dynamic (symbolic) length would be a guard or a graph break when compiled
+            causal = mask is None
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal,
+                dropout_p=self.dropout if self.training else 0.0, enable_gqa=gqa,
+            )                                                                           # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return F.dropout(self.o_proj(y), self.dropout, self.training)
 
@@ -193,7 +202,8 @@ class Block(nn.Module):
         if self.compiled is not None and cache is None:
             # the batch and length dims are dynamic from the first call on (a size of 1 is still specialised); only
             # these: under FSDP2 a dynamic=True compile would also turn the head counts into symbols
-            for t, dims in ((x, (0, 1)), (cos, (-2,)), (sin, (-2,))):
+            dense = torch.is_tensor(mask)  # a packed row's (B, 1, T, T) mask; a BlockMask's sizes follow T by itself
+            for t, dims in ((x, (0, 1)), (cos, (-2,)), (sin, (-2,))) + (((mask, (-2, -1)),) if dense else ()):
                 for d in dims:
                     torch._dynamo.maybe_mark_dynamic(t, d % t.dim())
             return self.compiled(x, cos, sin, mask)
@@ -306,8 +316,13 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.reset_rope()
         # training: keep only each block's input and recompute its activations in the backward pass (about a third
-        # more compute for a fraction of the activation memory; train.py's activation_checkpointing)
+        # more of that block's compute for a fraction of its activation memory; train.py's activation_checkpointing),
+        # in every checkpoint_every-th block (blocks 0, k, 2k, ...): 1 = all, 4 = a quarter of them (selective)
         self.activation_checkpointing = False
+        self.checkpoint_every = 1
+        # packed rows' attention: None = FlexAttention where it is fast (compiled blocks on CUDA, no attention
+        # dropout), else SDPA with a dense (B, 1, T, T) mask; True / False force one (tests)
+        self.flex = None
         self.apply(self._init_weights)  # a no-op on the meta device, where load_model builds the model
 
     def compile_blocks(self, **options):
@@ -325,6 +340,24 @@ class Transformer(nn.Module):
             layer.compiled = torch.compile(layer.block, **options)
         return self
 
+    def doc_mask(self, doc):
+        """The attention mask of packed rows: doc (B, T) says which example each token belongs to, and a token attends
+        to the earlier tokens of its own example only (document-causal). FlexAttention's BlockMask where it runs fast
+        (see self.flex): its kernel skips the blocks no example reaches, so a row costs what its examples cost alone;
+        elsewhere a dense boolean (B, 1, T, T) mask for SDPA, exact but O(T^2) (FlexAttention has no CPU backward and
+        is slow uncompiled). No host sync either way."""
+        B, T = doc.shape
+        flex = self.flex
+        if flex is None:
+            compiled = self.layers[0].compiled is not None
+            flex = compiled and doc.is_cuda and not (self.training and self.args.dropout > 0)
+        if flex and create_block_mask is not None:
+            def document_causal(b, h, q, kv):
+                return (doc[b, q] == doc[b, kv]) & (q >= kv)
+            return create_block_mask(document_causal, B, None, T, T, device=doc.device)
+        causal = torch.ones(T, T, dtype=torch.bool, device=doc.device).tril()         # (T, T)
+        return (doc[:, None, :, None] == doc[:, None, None, :]) & causal             # (B, 1, T, T)
+
     def _init_weights(self, module):
         # HF's LLaMA initialisation (initializer_range 0.02): for training from scratch and random-weight benchmarks
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -338,18 +371,23 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos.to(dtype), persistent=False)
         self.register_buffer("rope_sin", sin.to(dtype), persistent=False)
 
-    def forward(self, idx, targets=None, *, input_pos=None, mask=None, cache=None, start_pos=0,
+    def forward(self, idx, targets=None, *, input_pos=None, mask=None, doc=None, keep=None, cache=None, start_pos=0,
                 label_smoothing=0.0, return_hidden=False, ce_chunk=None):
         """idx (B, T) token ids.
         Returns logits (B, T, vocab) in the model's dtype; or, with targets (B, T) (-1 = ignore), the per-token
         cross-entropy (B, T) in fp32, computed in chunks; or, with return_hidden, the final-norm hidden states.
         input_pos (T,) or (B, T): RoPE positions (default 0..T-1; for packed sequences); mask: a boolean SDPA mask,
-        True = attend (default causal); cache / start_pos: a KV cache from make_cache() and where this chunk starts,
+        True = attend (default causal); doc (B, T): packed rows, the example each token belongs to (attention stays
+        within it: doc_mask; give input_pos restarting per example too); keep (n,): the indices into
+        targets.view(-1) of the targets >= 0, found by the caller where the targets live on the host (None: found
+        here, a host sync on a GPU); cache / start_pos: a KV cache from make_cache() and where this chunk starts,
         an int, or a LongTensor (B,) of per-row starts (rows at different positions; then mask (B, 1, T, S) is
         required and says which of the first S cache positions each query sees).
         """
         B, T = idx.shape
         pos = None
+        if doc is not None:
+            mask = self.doc_mask(doc)
         if cache is not None and torch.is_tensor(start_pos):
             if mask is None:
                 raise ValueError("per-row start positions need a mask over the cache")
@@ -369,7 +407,8 @@ class Transformer(nn.Module):
                 cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)                        # (B, 1, T, hd)
         x = self.embed_tokens(idx)                                                   # (B, T, dim)
         for i, layer in enumerate(self.layers):
-            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            if (self.activation_checkpointing and i % self.checkpoint_every == 0 and self.training
+                    and torch.is_grad_enabled()):
                 # non-reentrant checkpointing restores the RNG state for the recompute: the same dropout masks
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
             else:
@@ -383,8 +422,8 @@ class Transformer(nn.Module):
         h, targets = x.reshape(B * T, -1), targets.reshape(B * T)                  # (N, dim), (N,)
         if not torch.compiler.is_compiling():
             # ignored targets (padding) skip the vocabulary head, the largest matmul of a small model: eager
-            # only, as the row count becomes data-dependent (one host sync)
-            keep = (targets >= 0).nonzero().squeeze(1)                               # (n,)
+            # only, as the row count is data-dependent (a host sync unless the caller found the rows on the host)
+            keep = (targets >= 0).nonzero().squeeze(1) if keep is None else keep        # (n,)
             if len(keep) < B * T:
                 ce = ChunkedCrossEntropy.apply(h[keep], self.lm_head.weight, targets[keep], float(label_smoothing),
                                                chunk)                               # (n,)

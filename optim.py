@@ -76,7 +76,7 @@ class AdamWBF16(torch.optim.Optimizer):
         return self
 
     @torch.no_grad()
-    def step(self):
+    def step(self, closure=None):  # closure: torch.optim's signature (unused; DCP's state set-up passes None)
         fused = self.fused and self.stochastic_rounding
         for group in self.param_groups:
             beta1, beta2 = group["betas"]

@@ -74,7 +74,7 @@ sweep_heldout_mc = ""           # eval/heldout.py split's heldout_mc.json: the h
 sweep_cloze = ""                # eval/heldout.py base_samples --cloze_context: a cloze in the base model's domain ("" = none)
 sweep_primary = ""              # the study's primary measure (e.g. heldout_nll): its paired comparisons with PLW 0 are
                                 # the primary family of the analysis (Holm); every other comparison is secondary
-sweep_control_ref = -1.0        # >= 0: the PLW whose gain over PLW 0 the controls are held against (-1: none)
+sweep_control_ref = ""          # what the controls are held against: a PLW ("0.05") or a control at PLW 0 ("domain=0")
 sweep_title = ""                # the study's name in the analysis' figures ("" = the dataset)
 sweep_figure_measures = ""      # comma-separated measures for the paired figures' panels ("" = all)
 sweep_heldout_train = ""        # the training records whose completion NLL is measured after training ("" = the dataset)
@@ -291,17 +291,21 @@ def score_rows(cond, run_dir):
 
 
 def record_rows(cond, run_dir):
-    """records.jsonl rows of one finished run: per measure of RECORD_ROWS, each record's numerator and denominator
-    (the measure is sum num / sum den) and the record set they index (a seed's own training records are its own
-    set), for the analysis' bootstrap over records"""
+    """records.jsonl rows of one finished run: per multiple-choice task (its documents) and per measure of
+    RECORD_ROWS, each record's numerator and denominator (the measure is sum num / sum den) and the record set they
+    index (a seed's own training records are its own set), for the analysis' bootstrap over records"""
     model, dataset, plw, reg, value, seed = cond
-    path = run_dir / "eval_heldout.json"
-    if not path.exists():
-        return []
-    recs = json.loads(path.read_text()).get("records") or {}
     base = {"model": Path(model).name, "dataset": dataset, "plw": plw, "regularizer": reg, "reg_value": value,
             "seed": seed}
     rows = []
+    mc = run_dir / "eval_mc.json"  # a multiple-choice task's documents: its score per document (the same set per run)
+    for task, docs in ((json.loads(mc.read_text()).get("samples") or {}) if mc.exists() else {}).items():
+        metric = MC_METRIC.get(task, "acc")
+        if docs and all(metric in d for d in docs):
+            rows.append({**base, "benchmark": task, "records": f"mc:{task}", "num": [d[metric] for d in docs],
+                         "den": [1] * len(docs)})
+    path = run_dir / "eval_heldout.json"
+    recs = (json.loads(path.read_text()).get("records") or {}) if path.exists() else {}
     for name, kind, num, den in RECORD_ROWS:
         if recs.get(kind) and recs[kind].get(num):
             n = recs[kind][num]
@@ -517,8 +521,8 @@ def main(argv):
         extra += ["--records", str(path)]
     if c["sweep_primary"]:
         extra += ["--primary", c["sweep_primary"]]
-    if c["sweep_control_ref"] >= 0:
-        extra += ["--control_ref", repr(c["sweep_control_ref"])]
+    if c["sweep_control_ref"]:
+        extra += ["--control_ref", c["sweep_control_ref"]]
     if c["sweep_title"]:
         extra += ["--title", c["sweep_title"]]
     if c["sweep_figure_measures"]:

@@ -26,15 +26,17 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoint import (check_checkpoint, checkpoint, claim_run_dir, clear_run_dir, export_final, list_checkpoints,
-                        load_model, open_log, read_args, resume_state)
+from checkpoint import (check_checkpoint, check_disk, checkpoint, claim_run_dir, clear_run_dir, empty_model,
+                        export_final, finish_checkpoint, human_size, list_checkpoints, load_model, load_optimizer,
+                        load_weights, open_log, read_args, resume_state)
 from config import ConfigError, load_config
-from data.batch import collate, data_fingerprint, example_targets, split_by_tokens, split_micro_batches, step_examples
+from data.batch import (collate, collate_packed, data_fingerprint, example_targets, pack_rows, padded_tokens,
+                        split_by_tokens, split_micro_batches, step_examples)
 from data.prepare import COMPLETION, PROMPT, TEXT, prepare_dataset
 from model import Transformer
 from optim import AdamWBF16
 from tokenizer import Tokenizer
-from util import STOP, catch_stop_signals, choose_threads, cli, write_json
+from util import STOP, DataError, catch_stop_signals, choose_threads, cli, write_json
 
 # -----------------------------------------------------------------------------
 # default config: Stanford Alpaca's recipe, which the paper used (LLaMA-2-7B, 3 epochs, global batch 128)
@@ -57,6 +59,9 @@ gradient_accumulation_steps = 0  # 0 = derived from global_batch_size; > 0 must 
 tokens_per_micro_batch = 0      # > 0: cut the length-sorted global batch into micro-batches of at most this many padded
                                 # tokens (rows x padded length) instead of batch_size rows: few large micro-steps, the
                                 # same update (data/batch.py split_by_tokens); 0 = batch_size rows each
+pack = False                    # with tokens_per_micro_batch > 0: pack the global batch's examples into rows of up to that
+                                # many tokens, one row per micro-step, attention kept within each example and positions
+                                # restarting (data/batch.py pack_rows): no padding, the same update for every loss_norm
 epochs = 3.0                    # training length in epochs (a partial last global batch of an epoch is dropped)
 max_iters = 0                   # > 0: train this many optimizer steps instead of `epochs`
 learning_rate = 2e-5            # peak learning rate
@@ -81,12 +86,16 @@ compile = torch.cuda.is_available()  # torch.compile each transformer block (mod
 parallel = "ddp"                # under torchrun: ddp (replicate) | fsdp (FSDP2: shard params, grads, state)
 checkpoint_interval = 0         # save a resumable checkpoint every N steps (0: only at the end)
 keep_checkpoints = 1            # how many step checkpoints to keep in out_dir
+checkpoint_async = True         # write checkpoints in a background thread (torch.distributed.checkpoint.async_save):
+                                # training waits only for the copy of the state to host memory
+checkpoint_weights_only = False  # checkpoints without the optimizer state: a third of the size (AdamW), not resumable
 resume = False                  # continue the run in out_dir from its last checkpoint (max_iters/epochs may grow)
 overwrite = False               # allow starting a new run in an out_dir that holds another run
 log_interval = 1                # log every N steps (1 is needed for the loss RSD analysis)
 eval_interval = 0               # validation loss every N steps (needs val_size > 0); 0 = only at the end
 on_nonfinite = "stop"           # a NaN/inf loss or gradient: stop (saving the last good state) | skip the step
 activation_checkpointing = False  # recompute each block's activations in the backward pass: less memory
+checkpoint_every = 1            # with activation_checkpointing: only every k-th block recomputes (1 = all, 4 = a quarter)
 optimizer = "adamw"             # adamw: fp32 weights and state | adamw_bf16: bf16 weights, gradients and state,
                                 # fp32 update math, stochastic rounding (7B on one 80 GB GPU; optim.py)
 # -----------------------------------------------------------------------------
@@ -97,6 +106,7 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 RESUMABLE_CHANGES = {"resume", "overwrite", "log_interval", "checkpoint_interval", "keep_checkpoints", "compile",
                      "eval_interval", "batch_size", "gradient_accumulation_steps", "device", "parallel",
                      "activation_checkpointing", "max_iters", "epochs", "tokens_per_micro_batch", "out_dir",
+                     "pack", "checkpoint_every", "checkpoint_async", "checkpoint_weights_only",
                      "global_batch_size"}  # the global batch itself is compared, however it was given
 
 
@@ -106,7 +116,7 @@ def check_config(c):
             raise ConfigError(msg)
     for k in ("prompt_loss_weight", "text_loss_weight"):
         need(math.isfinite(c[k]) and c[k] >= 0, f"{k} must be >= 0, got {c[k]}")
-    for k in ("batch_size", "log_interval", "keep_checkpoints"):
+    for k in ("batch_size", "log_interval", "keep_checkpoints", "checkpoint_every"):
         need(c[k] >= 1, f"{k} must be >= 1, got {c[k]}")
     for k in ("max_iters", "checkpoint_interval", "eval_interval", "val_size", "global_batch_size",
               "gradient_accumulation_steps"):
@@ -123,6 +133,7 @@ def check_config(c):
     need(c["tokens_per_micro_batch"] >= 0, f"tokens_per_micro_batch must be >= 0, got {c['tokens_per_micro_batch']}")
     need(c["global_batch_size"] > 0 or c["gradient_accumulation_steps"] > 0,
          "global_batch_size and gradient_accumulation_steps are both 0: set global_batch_size (the paper: 128)")
+    need(c["tokens_per_micro_batch"] or not c["pack"], "pack=True needs tokens_per_micro_batch > 0 (the rows' length)")
     need(c["minkowski_lambda"] >= 0, f"minkowski_lambda must be >= 0, got {c['minkowski_lambda']}")
     need(c["minkowski_p"] >= 1, f"minkowski_p must be >= 1 (the penalty's gradient is unbounded below), "
                                 f"got {c['minkowski_p']}")
@@ -199,10 +210,34 @@ def row_factors(c, sw, nz, world):
     return f
 
 
-def micro_loss(model, x, y, w, factor, label_smoothing):
-    """(loss to backpropagate, per-token CE (B, T) fp32) of one micro-batch; factor: (B,) row_factors"""
-    ce = model(x, y, label_smoothing=label_smoothing)                                       # (B, T) fp32
-    return ((ce * w).sum(1) * factor).sum(), ce
+def host_batch(data, mb, plw, pad_multiple, packed, text_weight, place, factors):
+    """One micro-batch as CPU tensors: x, y, w, r (collate's or collate_packed's), keep (the non-padding targets'
+    indices: found here, not by a device sync), for packed rows pos and doc (positions restarting per example, and
+    each token's example), ex (B, T) each token's example's place in the step (G + 2 on padding: train_step's sink
+    slot), and wl = w x the token's example's row_factor, the weights the loss is summed with."""
+    sink = len(factors) + 2
+    if not packed:
+        x, y, w, r = collate(data, mb, plw, pad_multiple, text_weight)
+        b = dict(x=x, y=y, w=w, r=r)
+        ex = np.repeat([[place[int(e)]] for e in mb], y.shape[1], axis=1)                  # (B, T)
+    else:
+        x, y, w, r, pos, doc = collate_packed(data, [mb], plw, pad_multiple, text_weight)
+        b = dict(x=x, y=y, w=w, r=r, input_pos=pos, doc=doc)
+        known = np.array(sorted(place))
+        d = doc.numpy()
+        ex = np.where(d >= 0, np.array([place[i] for i in known])[np.searchsorted(known, d.clip(0))], sink)
+    ex = np.where(y.numpy() >= 0, ex, sink)
+    b["keep"] = (y.view(-1) >= 0).nonzero().squeeze(1)                                   # (n,) on the host
+    b["ex"] = torch.from_numpy(ex.astype(np.int64))
+    b["wl"] = w * torch.from_numpy(np.append(factors, [0.0, 0.0, 0.0])[ex].astype(np.float32))
+    return b
+
+
+def micro_loss(model, x, y, w, label_smoothing, **kw):
+    """(loss to backpropagate, per-token CE (B, T) fp32) of one micro-batch; w: the loss weights with the
+    normalisation in them (host_batch's wl); kw: input_pos, doc, keep (the model's)"""
+    ce = model(x, y, label_smoothing=label_smoothing, **kw)                                 # (B, T) fp32
+    return (ce * w).sum(), ce
 
 
 @torch.no_grad()
@@ -273,23 +308,27 @@ def check_trainable(c, data, G):
                           f"and prompt_loss_weight is 0, so every loss weight is 0")
 
 
-def build_model(c, load_dir, base_args, dev, fsdp, master):
-    """The model to train (FSDP2-sharded under parallel=fsdp), in the weights' own dtype, in train mode."""
+def build_model(c, base_args, dev, fsdp, master, ckpt=None):
+    """The model to train (FSDP2-sharded under parallel=fsdp), in the weights' own dtype, in train mode: init_from's
+    weights, or those of the training checkpoint ckpt (resume; then built empty, the checkpoint read straight in)."""
     wdtype = torch.bfloat16 if c["optimizer"] == "adamw_bf16" else torch.float32
     try:
-        if fsdp:  # every rank builds on meta; rank 0 alone reads the checkpoint and broadcasts it below
+        if fsdp:  # every rank builds on meta; rank 0 alone reads init_from and broadcasts it below
             with torch.device("meta"):
                 model = Transformer(base_args)
-            full_sd = load_model(load_dir, dtype=wdtype).state_dict() if master else {}
+            full_sd = load_model(c["init_from"], dtype=wdtype).state_dict() if master and not ckpt else {}
+        elif ckpt:
+            model = empty_model(base_args, dev, wdtype)
+            load_weights(model, ckpt)
         else:
-            model = load_model(load_dir, device=dev, dtype=wdtype)
+            model = load_model(c["init_from"], device=dev, dtype=wdtype)
     except (FileNotFoundError, ValueError) as e:  # a broken checkpoint is the user's to fix: say what is wrong
         raise ConfigError(str(e)) from None
     for m in model.modules():  # dropout is a training setting, not part of the checkpoint
         if hasattr(m, "dropout"):
             m.dropout = c["dropout"]
     model.args.dropout = c["dropout"]
-    model.activation_checkpointing = c["activation_checkpointing"]
+    model.activation_checkpointing, model.checkpoint_every = c["activation_checkpointing"], c["checkpoint_every"]
     model.train()
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -300,13 +339,19 @@ def build_model(c, load_dir, base_args, dev, fsdp, master):
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         model.to_empty(device=dev)
-        set_model_state_dict(model, full_sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-        model.reset_rope(device=dev)  # buffers are not sharded or broadcast: compute them where they live
+        if ckpt:  # each rank reads its shard
+            load_weights(model, ckpt)
+        else:
+            set_model_state_dict(model, full_sd,
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    if fsdp or ckpt:
+        model.reset_rope(device=dev)  # buffers are not saved, sharded or broadcast: compute them where they live
     return model
 
 
-def build_optimizer(c, model, dev, state, fsdp, master, rank):
-    """AdamW, no decay on norm weights (1-D), fused kernels on CUDA; restored from `state` when resuming"""
+def build_optimizer(c, model, dev, state, ckpt, rank):
+    """AdamW, no decay on norm weights (1-D), fused kernels on CUDA; restored from checkpoint ckpt (its train state
+    `state`) when resuming"""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": c["weight_decay"]},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -316,16 +361,25 @@ def build_optimizer(c, model, dev, state, fsdp, master, rank):
     else:
         opt = torch.optim.AdamW(groups, lr=c["learning_rate"], betas=betas, eps=1e-8, fused=dev.startswith("cuda"))
     if state is not None:
-        if fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-            set_optimizer_state_dict(model, opt, state["optimizer"] if master else {},
-                                     options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-        else:
-            opt.load_state_dict(state["optimizer"])
+        load_optimizer(model, opt, ckpt)  # each rank reads its shard (DCP)
         torch.set_rng_state(state["rng"]["torch"][rank % len(state["rng"]["torch"])])
         if dev.startswith("cuda") and state["rng"].get("cuda"):
             torch.cuda.set_rng_state(state["rng"]["cuda"][rank % len(state["rng"]["cuda"])])
     return opt
+
+
+def check_run_disk(c, model, out, ckpts, start, total):
+    """Before any long work: can the disk hold the run's checkpoints and export? A checkpoint is the weights plus
+    (unless checkpoint_weights_only) AdamW's two moments, each in the weights' dtype: 3x the weights; the most at once
+    is keep_checkpoints + 1 while one is being written (then the oldest goes), or keep_checkpoints + the export."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # global sizes, under FSDP too
+    size = weights * (1 if c["checkpoint_weights_only"] else 3)
+    saves = ((total - start) // c["checkpoint_interval"] if c["checkpoint_interval"] else 0) + 1
+    have = len(ckpts)  # already on disk (resume): counted as used, and removed as new ones come
+    peak = max((min(c["keep_checkpoints"] + 1, have + saves) - have) * size,
+               (min(c["keep_checkpoints"], have + saves) - have) * size + weights)
+    check_disk(out, peak, f"this run's checkpoints ({human_size(size)} each, keep_checkpoints={c['keep_checkpoints']}) "
+                          f"and its exported model")
 
 
 @torch.no_grad()
@@ -389,12 +443,18 @@ def setup(c):
     # micro_mean's update depends on batch_size (HF's micro-batches): then it may not change on resume
     resumable = RESUMABLE_CHANGES - ({"batch_size"} if c["loss_norm"] == "micro_mean" else set())
     state = resume_state(c, ckpts, G, fingerprint, DEFAULTS, resumable) if c["resume"] else None
-    model = build_model(c, ckpts[-1] if c["resume"] else c["init_from"], base_args, dev, fsdp, master)
-    opt = build_optimizer(c, model, dev, state, fsdp, master, rank)
+    ckpt = ckpts[-1] if c["resume"] else None
+    model = build_model(c, base_args, dev, fsdp, master, ckpt)
+    opt = build_optimizer(c, model, dev, state, ckpt, rank)
+    check_run_disk(c, model, c["out_dir"], ckpts, state["iter"] if state else 0, total)
     # theta_0 of the Minkowski penalty: the weights the run started from (init_from, also after a resume)
     base = ([p.detach() for p in load_model(c["init_from"], device=dev, dtype=next(model.parameters()).dtype).parameters()]
             if c["minkowski_lambda"] > 0 else None)
+    # DCP's own process group, on the CPU (gloo): async_save's collectives run in a background thread, apart from
+    # the training's, and it needs a CPU backend (NCCL alone is refused, under torchrun with one GPU too)
+    ckpt_group = dist.new_group(backend="gloo") if dist.is_initialized() else None
     run = dict(cfg=c, raw_model=model, opt=opt, dev=dev, rank=rank, world=world, master=master, fsdp=fsdp, G=G, accum=accum,
+               ckpt_group=ckpt_group,
                fingerprint=fingerprint, tok_path=tok_path, train_data=train_data, val_data=val_data, n=n,
                per_epoch=per_epoch, total=total, warmup=warmup, start=state["iter"] if state else 0, base=base)
     if master:
@@ -428,36 +488,43 @@ def train_step(run, model, it, autocast, pad_multiple):
     n_t, n_p, n_x = example_targets(data, ids)                                     # (G,) targets, prompt, text
     sw, nz = example_weights(n_t, n_p, n_x, plw, c["text_loss_weight"])            # (G,) sum w, count of w > 0
     factors = row_factors(c, sw, nz, world)                                        # (G,)
-    position = {int(e): i for i, e in enumerate(ids)}  # an example's place in the step's order
-    micro = (split_by_tokens(ids, lengths, c["tokens_per_micro_batch"], world, pad_multiple)
-             if c["tokens_per_micro_batch"] else
+    place = {int(e): i for i, e in enumerate(ids)}  # an example's place in the step's order
+    budget, packed = c["tokens_per_micro_batch"], c["pack"]
+    micro = (pack_rows(ids, lengths, budget, world, pad_multiple) if packed else
+             split_by_tokens(ids, lengths, budget, world, pad_multiple) if budget else
              split_micro_batches(ids, lengths, c["batch_size"], run["accum"] * world))
-    n_mine = len(micro) // world  # the same on every rank (split_by_tokens makes the count a multiple of world)
-    # per example: sum w*CE (in the step's order, for the log's per-micro-batch normalisations); then the prompt
-    # and completion CE sums of this rank. Summed over ranks once, when the row is logged
-    stats = torch.zeros(len(ids) + 2, dtype=torch.float64, device=dev)
+    n_mine = len(micro) // world  # the same on every rank (pack_rows, split_by_tokens: a multiple of world)
+    # per example: sum w*CE (in the step's order, for the log's per-micro-batch normalisations); then this rank's
+    # prompt and completion CE sums, and a sink for padding. Summed over ranks once, in the step's one transfer
+    G = len(ids)
+    stats = torch.zeros(G + 3, dtype=torch.float64, device=dev)
     for k, mb in enumerate(micro[rank::world]):
-        x, y, w, r = ((t.pin_memory() if dev.startswith("cuda") else t).to(dev, non_blocking=True)
-                      for t in collate(data, mb, plw, pad_multiple, c["text_loss_weight"]))
-        pos = np.array([position[int(e)] for e in mb])
-        f = torch.from_numpy(factors[pos]).to(dev, non_blocking=True)                              # (B,) fp64
+        b = host_batch(data, mb, plw, pad_multiple, packed, c["text_loss_weight"], place, factors)
+        b = {name: (t.pin_memory() if dev.startswith("cuda") else t).to(dev, non_blocking=True) for name, t in b.items()}
         last = k == n_mine - 1
         sync = model.no_sync() if world > 1 and not fsdp and not last else nullcontext()
         if fsdp:
             run["raw_model"].set_requires_gradient_sync(last)
+        extra = {name: b[name] for name in ("keep", "input_pos", "doc") if name in b}
         with sync, autocast:
-            loss, ce = micro_loss(model, x, y, w, f, c["label_smoothing"])
+            loss, ce = micro_loss(model, b["x"], b["y"], b["wl"], c["label_smoothing"], **extra)
         loss.backward()
         with torch.no_grad():
-            stats[torch.from_numpy(pos).to(dev, non_blocking=True)] += (ce * w).sum(1).double()
-            stats[-2:] += torch.stack([(ce * (r == PROMPT)).sum(), (ce * (r == COMPLETION)).sum()]).double()
+            r = b["r"]
+            stats.index_add_(0, b["ex"].view(-1), (ce * b["w"]).view(-1).double())
+            stats[G:G + 2] += torch.stack([(ce * (r == PROMPT)).sum(), (ce * (r == COMPLETION)).sum()]).double()
     params = run["params"]
     penalty = minkowski_penalty(params, run["base"], c["minkowski_lambda"], c["minkowski_p"]) if run["base"] else None
     if c["grad_clip"] > 0:
         gnorm = torch.nn.utils.clip_grad_norm_(params, c["grad_clip"])
     else:
         gnorm = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None])
-    gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)  # the step's one host sync
+    if world > 1:
+        dist.all_reduce(stats)  # the step's losses over all ranks, for the log
+    gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+    # the step's one host sync: the gradient norm (does the update happen?) and the log's sums, in one transfer
+    host = torch.cat([gnorm.reshape(1).to(stats.dtype), stats]).tolist()
+    gnorm, stats = host[0], np.array(host[1:])
     W = float(sw.sum())  # sum of w_t over the global batch
     if math.isfinite(gnorm) and W > 0:
         opt.step()
@@ -483,13 +550,12 @@ def step_losses(wce, sw, nz, batch_size):
 
 def log_row(run, it, s, window, dt):
     """The log.jsonl row after step `it`: the step's losses (all ranks), and throughput over the logging window"""
-    if run["world"] > 1:
-        dist.all_reduce(s["stats"])
-    st = s["stats"].cpu().numpy()
+    st = s["stats"]  # all ranks' sums, on the host (train_step)
+    G = len(s["sw"])
     row = {"iter": it + 1, "epoch": round((it + 1) / run["per_epoch"], 4),
-           **step_losses(st[:-2], s["sw"], s["nz"], run["cfg"]["batch_size"]),
-           "prompt_loss": float(st[-2] / max(s["n_prompt"], 1)),
-           "completion_loss": float(st[-1] / max(s["n_completion"], 1)),
+           **step_losses(st[:G], s["sw"], s["nz"], run["cfg"]["batch_size"]),
+           "prompt_loss": float(st[G] / max(s["n_prompt"], 1)),
+           "completion_loss": float(st[G + 1] / max(s["n_completion"], 1)),
            "lr": s["lr"], "grad_norm": s["gnorm"], "tokens": s["n_targets"],
            "padding": round(1 - window["tokens"] / window["padded"], 4), "tokens_per_s": round(window["tokens"] / dt, 1)}
     if s["penalty"] is not None:
@@ -532,7 +598,7 @@ def main(argv):
     for it in range(run["start"], total):
         s = train_step(run, model, it, autocast, pad_multiple)
         if not math.isfinite(s["gnorm"]) and c["on_nonfinite"] == "stop":
-            path = checkpoint(run, it)  # the weights are still those before this step: the last good state
+            path = save(run, it, bar, wait=True)  # the weights are still those before this step: the last good state
             bar.close()
             say(master, f"error: non-finite loss/gradient at iter {it + 1}: stopped; the last good state (after iter "
                         f"{it}) is saved in {path}. Resume with --resume=True, or set on_nonfinite='skip'")
@@ -543,8 +609,7 @@ def main(argv):
         bar.update(1)
         T = (lengths[s["ids"]] - 1).astype(np.float64)                                                # (G,) targets
         window["tokens"] += s["n_targets"]
-        window["padded"] += sum(len(mb) * -(-int(lengths[mb].max() - 1) // pad_multiple) * pad_multiple
-                                for mb in s["micro"])
+        window["padded"] += padded_tokens(s["micro"], lengths, pad_multiple, c["pack"])
         window["flops"] += float(f0 * T.sum() + f1 * (T * T).sum())
         if (it + 1) % c["log_interval"] == 0 or it + 1 == total:
             row = log_row(run, it, s, window, time.time() - t_last)
@@ -556,22 +621,32 @@ def main(argv):
                 run["log_file"].flush()
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{s['lr']:.2e}")
             t_last, window = time.time(), {"tokens": 0, "padded": 0, "flops": 0.0}
+        finish_checkpoint(run, wait=False)  # an asynchronous checkpoint, renamed into place once it is written
         if (c["checkpoint_interval"] and (it + 1) % c["checkpoint_interval"] == 0 or STOP) and it + 1 < total:
-            path = checkpoint(run, it + 1)
+            path = save(run, it + 1, bar, wait=bool(STOP))
             if STOP:
                 bar.close()
                 say(master, f"interrupted by signal {STOP[0]} after iter {it + 1}: checkpoint saved in {path}; "
                             f"continue with --resume=True")
                 raise SystemExit(128 + STOP[0])
 
-    final = checkpoint(run, total)
+    save(run, total, bar, wait=True)
     bar.close()
+    export_final(run)
     if master:
-        export_final(Path(c["out_dir"]), final)
         run["log_file"].close()
     say(master, f"done: {total} steps; the fine-tuned model is in {c['out_dir']} (HF layout)")
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def save(run, it, bar, wait=False):
+    """checkpoint(run, it), its refusal (the disk is full) printed below the progress bar rather than inside it"""
+    try:
+        return checkpoint(run, it, wait)
+    except DataError:
+        bar.close()
+        raise
 
 
 def say(master, msg):

@@ -13,6 +13,8 @@ prompt_loss_weight = 0.1
 max_seq_len = 512
 batch_size = 4
 global_batch_size = 128
+pack = True              # the global batch packed into rows of <= 4096 tokens, one per micro-step: no padding, fewer
+tokens_per_micro_batch = 4096  # and larger matmuls, the same update (docs/benchmarks.md: the plan)
 epochs = 3.0
 learning_rate = 2e-5
 min_lr = 0.0

@@ -78,7 +78,7 @@ sweep_regularizers = ("learning_rate=6.94e-4,max_iters=51,weight_decay=0.1,dropo
                       "minkowski=0.01,domain=0.05")
 sweep_reg_plw = "0"
 sweep_primary = "heldout_nll"
-sweep_control_ref = 0.05
+sweep_control_ref = "0.05"
 sweep_title = "stories260K, prompt-inverted Alpaca (300 records per seed)"
 sweep_figure_measures = ("heldout_nll,train_nll,overfit_gap,forget_nll,story_cloze,heldout_chrf,"
                          "weight_distance_l2_rel,loss_hf_rsd")

@@ -5,6 +5,8 @@ Which examples form each optimizer step, and how they become tensors: the same f
     micro = split_micro_batches(ids, lengths, batch_size, n_micro)  # length-sorted micro-batches
     micro = split_by_tokens(ids, lengths, max_tokens, world)        # or: at most max_tokens padded tokens each
     x, y, w, r = collate(data, micro[0], plw)                      # inputs, targets, loss weights, target roles
+    rows = pack_rows(ids, lengths, max_tokens, world)               # or: examples packed into rows, one per micro-step
+    x, y, w, r, pos, doc = collate_packed(data, rows[:1], plw)     # + positions restarting per example, example ids
 """
 import hashlib
 
@@ -57,6 +59,73 @@ def split_by_tokens(ids, lengths, max_tokens, world=1, pad_multiple=1):
         half = (len(micro[m]) + 1) // 2
         micro[m:m + 1] = [micro[m][:half], micro[m][half:]]
     return micro
+
+
+def pack_rows(ids, lengths, max_tokens, world=1, pad_multiple=1):
+    """The global batch packed into rows of at most max_tokens tokens (an example's targets, the row's total rounded up
+    to pad_multiple), each row one micro-step (train.py pack=True): no padding but the rounding. Longest first, each
+    example goes to the row with the most room (LPT scheduling), starting from as few rows as could hold the batch
+    (a multiple of world): the rows come out about equally long, so ranks wait little on each other. An example
+    that fits no row opens a new one (an example longer than max_tokens is a row of its own). Then, while the count
+    is not a multiple of world, the row with the most examples is split in two. Row m goes to rank m % world.
+    Packing changes no update: attention stays within each example (Transformer.doc_mask) and the loss weights are
+    the examples' own."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    order = ids[np.argsort(-lengths[ids], kind="stable")]
+    size = lengths[order] - 1                                                  # targets per example, descending
+    cap = max(pad_multiple, max_tokens // pad_multiple * pad_multiple)         # a row's padded length stays <= this
+    n = -(-max(-(-int(size.sum()) // cap), 1) // world) * world
+    rows, load = [[] for _ in range(n)], [0] * n
+    for i, t in zip(order, size):
+        r = min(range(len(rows)), key=lambda j: (load[j], j))                   # the emptiest row
+        if rows[r] and load[r] + t > cap:
+            rows.append([])
+            load.append(0)
+            r = len(rows) - 1
+        rows[r].append(i)
+        load[r] += int(t)
+    rows = [np.array(r, dtype=ids.dtype) for r in rows if r]
+    while len(rows) % world:
+        m = max(range(len(rows)), key=lambda j: (len(rows[j]), -j))
+        rows[m:m + 1] = [rows[m][0::2], rows[m][1::2]]
+    return rows
+
+
+def padded_tokens(micro, lengths, pad_multiple=1, packed=False):
+    """The tokens the micro-batches compute, padding included: rows x the longest row's targets (collate), or each
+    packed row's targets (collate_packed; one row per micro-batch), rounded up to pad_multiple"""
+    def up(n):
+        return -(-int(n) // pad_multiple) * pad_multiple
+    if packed:
+        return sum(up((lengths[mb] - 1).sum()) for mb in micro)
+    return sum(len(mb) * up(lengths[mb].max() - 1) for mb in micro)
+
+
+def collate_packed(data, rows, plw, pad_multiple=1, text_weight=1.0):
+    """Packed rows (lists of example ids) -> x, y, w, r as collate's, each row its examples one after another (then
+    padding to the longest row, rounded up to pad_multiple), and pos (R, T) the RoPE positions, restarting at 0 with
+    each example, and doc (R, T) the example id of each token (-1: padding), for Transformer.doc_mask."""
+    tokens, roles, offsets = data["tokens"], data["roles"], data["offsets"]
+    totals = [int((offsets[np.asarray(r) + 1] - offsets[np.asarray(r)] - 1).sum()) for r in rows]
+    T = int(-(-max(totals) // pad_multiple) * pad_multiple)
+    x = np.zeros((len(rows), T), dtype=np.int64)
+    y = np.full((len(rows), T), -1, dtype=np.int64)
+    r = np.full((len(rows), T), PAD_ROLE, dtype=np.uint8)
+    pos = np.zeros((len(rows), T), dtype=np.int64)
+    doc = np.full((len(rows), T), -1, dtype=np.int64)
+    for b, row in enumerate(rows):
+        s = 0
+        for i in row:
+            o, L = offsets[i], offsets[i + 1] - offsets[i] - 1                   # L targets
+            x[b, s:s + L] = tokens[o:o + L]
+            y[b, s:s + L] = tokens[o + 1:o + L + 1]
+            r[b, s:s + L] = roles[o + 1:o + L + 1]
+            pos[b, s:s + L] = np.arange(L)
+            doc[b, s:s + L] = i
+            s += L
+    w = np.choose(r, [plw, 1.0, text_weight, 0.0]).astype(np.float32)                # by role, as collate's
+    return tuple(torch.from_numpy(t) for t in (x, y, w, r, pos, doc))
 
 
 def collate(data, ids, plw, pad_multiple=1, text_weight=1.0):

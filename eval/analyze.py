@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python eval/ana
 
 from eval.betareg import beta_quadratic
 from eval.figures import make_figures
-from eval.paired import add_two_level, correct, load_records, paired_differences
+from eval.paired import add_two_level, correct, load_records, paired_differences, parse_condition
 from eval.report import markdown_controls, markdown_logs, markdown_paired, markdown_table
 from eval.runtest import TEST_KEYS, run_level_test
 from eval.scores import (AGGREGATED, GROUPS, PAPER_GROUPS, aggregate, condition_key, group_members,
@@ -161,15 +161,17 @@ def analyze_dataset(d, rows, rel, aggs):
     drel = [r for r in rel if r["dataset"] == d]
     plain = [r for r in drows if r["regularizer"] == "none"]
     plws = sorted({r["plw"] for r in plain})
-    if len(plws) < 3:
-        raise ValueError(f"dataset {d!r}: a quadratic fit needs at least 3 distinct PLW values, got "
-                         f"{len(plws)} ({', '.join(f'{p:g}' for p in plws)})")
     views = _views({r["benchmark"]: r["group"] for r in drel if r["relative"] is not None})
     if not views:
         raise ValueError(f"dataset {d!r}: no benchmark varies across runs, nothing to aggregate")
     per = {g: {condition_key(a): a for a in aggs[g] if a["dataset"] == d} for g in aggs}
     table = condition_table(plain, per)
-    fit, by_group = quadratic_fits(d, table, views)
+    if len(plws) < 3:  # a grid of controls around one PLW: its comparisons, no curve
+        few = null_fit(f"a quadratic needs at least 3 distinct PLW values, got {len(plws)} "
+                       f"({', '.join(f'{p:g}' for p in plws)})")
+        fit, by_group = few, {g: few for g in views}
+    else:
+        fit, by_group = quadratic_fits(d, table, views)
     return {"benchmarks": benchmark_meta(drows), "excluded": sorted({r["benchmark"] for r in drel if r["relative"] is None}),
             "table": table, "test": run_level_tests(rows, d), "fit": fit, "fit_by_group": by_group,
             "beta": beta_views([r for r in drel if r["regularizer"] == "none"], views),
@@ -199,12 +201,12 @@ def paired_analysis(rows, args):
     """Paired differences against PLW 0 (every condition) and, with --control_ref, the controls against that PLW on
     the primary measure; two-level intervals from --records; Holm within each family"""
     paired = paired_differences(rows)
-    ref = []
-    if args.control_ref is not None and args.primary:
-        ref = [e for e in paired_differences(rows, args.control_ref)
-               if e["regularizer"] != "none" and e["benchmark"] == args.primary]
+    ref, base = [], parse_condition(args.control_ref) if args.control_ref else None
+    if base and args.primary:
+        ref = [e for e in paired_differences(rows, base)
+               if e["regularizer"] != "none" and e["benchmark"] == args.primary and e["ci"] is not None]
     add_two_level(paired + ref, load_records(args.records) if args.records else None)
-    correct(paired + ref, args.primary, args.control_ref)
+    correct(paired + ref, args.primary, base)
     return paired, ref
 
 
@@ -214,6 +216,11 @@ def run(args):
     result, notes = {}, []
     if args.scores:
         rows = load_scores(args.scores)
+        if args.only:  # one benchmark's (or a few benchmarks') own analysis
+            keep = set(args.only.split(","))
+            rows = [r for r in rows if r["benchmark"] in keep]
+            if not rows:
+                raise ValueError(f"--only {args.only}: no such benchmark in {args.scores}")
         unknown = sorted({r["benchmark"] for r in rows if r.get("group") is None and not is_known_benchmark(r["benchmark"])})
         if unknown:
             notes.append(f"note: no group given for {', '.join(unknown)}; treated as 'gen' (set \"group\" in the scores)")
@@ -226,7 +233,7 @@ def run(args):
     md = "\n".join(filter(None, [markdown_table(result) if "datasets" in result else "",
                                  markdown_paired(result.get("paired")),
                                  markdown_controls(result.get("paired"), result.get("paired_ref"), args.primary,
-                                                   args.control_ref),
+                                                   parse_condition(args.control_ref) if args.control_ref else None),
                                  markdown_logs(result.get("logs"))]))
     for n in notes:
         print(n, file=sys.stderr)
@@ -236,7 +243,8 @@ def run(args):
         write_json(os.path.join(args.out, "fit.json"), result)
         written = [os.path.join(args.out, n) for n in ("table.md", "fit.json")]
         if "datasets" in result:
-            written += make_figures(result, args.out, args.title, args.primary, args.control_ref,
+            written += make_figures(result, args.out, args.title, args.primary,
+                                    parse_condition(args.control_ref) if args.control_ref else None,
                                     args.measures.split(",") if args.measures else None)
         print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0
@@ -248,9 +256,11 @@ def main(argv=None):
     p.add_argument("--scores", help="scores.jsonl written by the sweep")
     p.add_argument("--records", help="records.jsonl written by the sweep: per-record numbers for two-level intervals")
     p.add_argument("--primary", help="the primary measure (its comparisons with PLW 0 are the primary family)")
-    p.add_argument("--control_ref", type=float, help="the PLW whose gain the controls are compared with")
+    p.add_argument("--control_ref", help="what the controls are held against: a PLW (0.05) or a control at PLW 0 "
+                                          "(name=value, e.g. domain=0)")
     p.add_argument("--title", help="the study's name in the figures (default: the dataset)")
     p.add_argument("--measures", help="comma-separated measures for the paired figures' panels (default: all)")
+    p.add_argument("--only", help="comma-separated benchmarks: analyze these alone (e.g. one benchmark's own test)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of Markdown")
     p.add_argument("--out", help="directory for table.md, fit.json and the PNG figures")
     p.add_argument("--log", action="append", default=[], help="a training log.jsonl to report loss RSD for (repeatable)")

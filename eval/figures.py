@@ -170,9 +170,10 @@ def paired_panel(ax, ps, x, zoom=False):
 
 
 def controls_figure(Figure, title, paired, primary, control_ref):
-    """each control's difference from PLW 0 on the primary measure beside PLW control_ref's, two-level 95% CI"""
+    """each control's difference from PLW 0 on the primary measure beside the reference's (control_ref: a
+    (regularizer, value, PLW) condition), two-level 95% CI"""
     es = [e for e in paired if e["benchmark"] == primary and e.get("ci2") and
-          (e["regularizer"] != "none" or e["plw"] == control_ref)]
+          (e["regularizer"] != "none" or (e["regularizer"], e["reg_value"], e["plw"]) == tuple(control_ref))]
     es = sorted(es, key=lambda e: (e["regularizer"] != "none", e["regularizer"]))
     fig = Figure(figsize=(7.0, 1.2 + 0.42 * len(es)), layout="constrained")
     ax = fig.add_subplot()
@@ -188,7 +189,8 @@ def controls_figure(Figure, title, paired, primary, control_ref):
     ax.set_xlabel(f"{primary}: difference from PLW 0 (same seed), two-level 95% CI"
                   + ("" if es and es[0]["higher_is_better"] else "; lower is better"), fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(f"{title}: which control at PLW 0 reproduces PLW {control_ref:g}'s difference?", fontsize=11)
+    ref = condition_label({"plw": control_ref[2], "regularizer": control_ref[0], "reg_value": control_ref[1]})
+    fig.suptitle(f"{title}: which control at PLW 0 reproduces {ref}'s difference?", fontsize=11)
     return fig
 
 
@@ -219,7 +221,8 @@ def make_figures(result, out_dir, title=None, primary=None, control_ref=None, me
         if paired and any(p["ci"] for p in paired):
             mfig, pfig = paired_figures(Figure, name, paired, measures, zoom=(primary,) if primary else ())
             figs += [(f"metrics_{_slug(d)}.png", mfig), (f"paired_{_slug(d)}.png", pfig)]
-        if primary and any(p["regularizer"] != "none" and p["benchmark"] == primary and p.get("ci2") for p in paired):
+        if primary and control_ref and any(p["regularizer"] != "none" and p["benchmark"] == primary and p.get("ci2")
+                                           for p in paired):
             figs += [(f"controls_{_slug(d)}.png", controls_figure(Figure, name, paired, primary, control_ref))]
         for fname, fig in figs:
             path = os.path.join(out_dir, fname)

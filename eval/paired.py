@@ -28,15 +28,31 @@ def condition_label(e):
     return f"PLW {e['plw']:g}" + ("" if e["regularizer"] == "none" else f" + {e['regularizer']} {e['reg_value']:g}")
 
 
+def as_condition(baseline):
+    """(regularizer, reg_value, PLW) of a baseline given as a plain PLW (a number) or as such a tuple"""
+    return baseline if isinstance(baseline, tuple) else ("none", 0.0, float(baseline))
+
+
+def parse_condition(text):
+    """A baseline from the command line: a PLW ("0.05": the plain run) or a control at PLW 0 ("domain=0")"""
+    name, eq, value = str(text).partition("=")
+    try:
+        return (name, float(value), 0.0) if eq else ("none", 0.0, float(name))
+    except ValueError:
+        raise ValueError(f"a baseline is a PLW (0.05) or a control at PLW 0 (name=value), got {text!r}") from None
+
+
 def paired_differences(rows, baseline=0.0):
     """
     For each condition (plain PLW runs, then regularizer and control variants) and benchmark, the score minus the
-    same seed's score of the plain run at PLW `baseline` (same dataset, model, benchmark), with the seed-only 95% t
-    interval and its p-value (no interval for one seed). Returns [{"dataset", "model", "benchmark", "group",
-    "higher_is_better", "plw", "regularizer", "reg_value", "baseline", "seeds", "seed_list", "mean", "sd",
-    "base_mean", "diff", "diff_sd", "ci", "p_seed", "excludes_zero"}], the baseline's own rows first (diff 0, no
-    interval); conditions without the baseline are left out.
+    same seed's score of the baseline condition (a plain PLW, or a (regularizer, value, PLW) tuple; same dataset,
+    model, benchmark), with the seed-only 95% t interval and its p-value (no interval for one seed). Returns
+    [{"dataset", "model", "benchmark", "group", "higher_is_better", "plw", "regularizer", "reg_value", "baseline"
+    (its PLW), "base" (its condition), "seeds", "seed_list", "mean", "sd", "base_mean", "diff", "diff_sd", "ci",
+    "p_seed", "excludes_zero"}], the baseline's own rows first (diff 0, no interval); conditions without the
+    baseline are left out.
     """
+    baseline = as_condition(baseline)
     cells = {}
     for r in normalize_rows(rows):
         key = (r["dataset"], r["model"], r["benchmark"])
@@ -44,7 +60,7 @@ def paired_differences(rows, baseline=0.0):
     out = []
     for (d, m, b), by_cond in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], GROUPS.index(
             next(iter(next(iter(kv[1].values())).values()))["group"]), kv[0][2])):
-        base = by_cond.get(("none", 0.0, baseline))
+        base = by_cond.get(baseline)
         if base is None:
             continue
         for cond in sorted(by_cond, key=lambda k: (k[0] != "none", k)):
@@ -61,14 +77,15 @@ def difference(d, m, b, cond, runs, base, seeds, baseline):
     diff, n = x - x0, len(seeds)
     sd = float(diff.std(ddof=1)) if n > 1 else None
     ci, p = None, None
-    if n > 1 and cond != ("none", 0.0, baseline):
+    if n > 1 and cond != baseline:
         half = t975(n - 1) * sd / math.sqrt(n)
         ci = [float(diff.mean() - half), float(diff.mean() + half)]
         p = t_sf2(float(diff.mean()) / (sd / math.sqrt(n)), n - 1) if sd > 0 else float(diff.mean() == 0)
     first = runs[seeds[0]]
     return {"dataset": d, "model": m, "benchmark": b, "group": first["group"],
             "higher_is_better": first["higher_is_better"], "plw": cond[2], "regularizer": cond[0],
-            "reg_value": cond[1], "baseline": baseline, "seeds": n, "seed_list": seeds, "mean": float(x.mean()),
+            "reg_value": cond[1], "baseline": baseline[2], "base": list(baseline), "seeds": n, "seed_list": seeds,
+            "mean": float(x.mean()),
             "sd": float(x.std(ddof=1)) if n > 1 else None, "base_mean": float(x0.mean()), "diff": float(diff.mean()),
             "diff_sd": sd, "ci": ci, "p_seed": p, "excludes_zero": None if ci is None else bool(ci[0] > 0 or ci[1] < 0)}
 
@@ -100,7 +117,7 @@ def records_se(e, records, n_boot=N_BOOT):
     """The bootstrap SE over records of entry e's mean difference, or None: when a run lacks records, or when the
     record set is not the same for every seed (then the seeds' spread already holds it)"""
     keys = [((e["dataset"], e["model"], e["regularizer"], e["reg_value"], e["plw"], s, e["benchmark"]),
-             (e["dataset"], e["model"], "none", 0.0, e["baseline"], s, e["benchmark"])) for s in e["seed_list"]]
+             (e["dataset"], e["model"], *e["base"], s, e["benchmark"])) for s in e["seed_list"]]
     if not all(k in records for pair in keys for k in pair):
         return None
     sets = {records[k][0] for pair in keys for k in pair}
@@ -142,11 +159,13 @@ def holm(p):
 
 def family_of(e, primary, control_ref):
     """'primary' (the primary measure, a plain PLW against PLW 0), 'controls' (the primary measure, a control against
-    PLW 0 or against the reference PLW), or 'secondary' (every other comparison)"""
+    PLW 0 or against the reference condition), or 'secondary' (every other comparison)"""
+    plain0 = tuple(e["base"]) == ("none", 0.0, 0.0)
     if e["benchmark"] == primary:
-        if e["regularizer"] == "none" and e["baseline"] == 0.0:
+        if e["regularizer"] == "none" and plain0:
             return "primary"
-        if e["regularizer"] != "none" and e["baseline"] in (0.0, control_ref):
+        if e["regularizer"] != "none" and (plain0 or control_ref is not None
+                                           and tuple(e["base"]) == as_condition(control_ref)):
             return "controls"
     return "secondary"
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from eval.betareg import Z95
-from eval.paired import condition_label
+from eval.paired import as_condition, condition_label
 from eval.scores import DEFAULT_DATASET, PAPER_GROUPS, wp
 from eval.stats import LOG_KEYS
 from util import atomic_write
@@ -46,6 +46,9 @@ def format_test(t, what):
          f"{t['p_joint_ols']:.3g}); concave: p_quadratic = {t['p_quadratic']:.3g} (Freedman-Lane permutation; "
          f"t-test {t['p_quadratic_ols']:.3g})")
     significant = t["p_quadratic"] < 0.05 and t["concave"]
+    if t["critical_plw"] is not None and not t["inside_grid"]:
+        return s + (f"; no critical PLW inside the grid (the fitted vertex w_p = {t['vertex_wp']:.3g} lies outside "
+                    f"[{t['grid_wp'][0]:.3g}, {t['grid_wp'][1]:.3g}]: the curve rises or falls across the whole grid)")
     if t["critical_plw"] is None or t["ci_kind"] != "bounded":
         crit = "" if t["critical_plw"] is None else f"critical PLW {t['critical_plw']:.3g} (untested); "
         return s + f"; {crit}no interval ({t['reason']})"
@@ -203,37 +206,40 @@ def markdown_paired(paired, baseline=0.0):
     return "\n".join(lines)
 
 
-def control_verdict(c0, cref, ref):
-    """Does the control reproduce the reference PLW's gain over PLW 0? (the rule of docs/analysis.md)"""
+def control_verdict(c0, cref, ref, ref_label):
+    """Does the control reproduce the reference's gain over PLW 0? (the rule of docs/analysis.md)"""
     if c0 is None or cref is None or ref is None or not c0.get("family"):
         return "-"
     better = (lambda e: e["diff"] > 0) if c0["higher_is_better"] else (lambda e: e["diff"] < 0)  # noqa: E731
     if not (c0["survives"] and better(c0)):
         return "no gain over PLW 0"
     if not cref["survives"]:
-        return f"a gain; not distinguishable from PLW {ref['plw']:g}'s"
-    return f"a gain, {'larger' if better(cref) else 'smaller'} than PLW {ref['plw']:g}'s"
+        return f"a gain; not distinguishable from {ref_label}'s"
+    return f"a gain, {'larger' if better(cref) else 'smaller'} than {ref_label}'s"
 
 
 def markdown_controls(paired, paired_ref, primary, control_ref):
-    """The controls table: each control's primary measure against PLW 0 and against PLW control_ref (two-level
-    intervals, Holm in the controls family), with the verdict of control_verdict"""
+    """The controls table: each control's primary measure against PLW 0 and against the reference condition
+    control_ref (a PLW, or a control at PLW 0; two-level intervals, Holm in the controls family), with the verdict
+    of control_verdict"""
     controls = [e for e in paired or [] if e["regularizer"] != "none" and e["benchmark"] == primary]
-    if not controls:
+    if not controls or control_ref is None:
         return ""
-    ref = next((e for e in paired if e["regularizer"] == "none" and e["plw"] == control_ref
+    reg, value, plw = as_condition(control_ref)
+    ref = next((e for e in paired if (e["regularizer"], e["reg_value"], e["plw"]) == (reg, value, plw)
                 and e["benchmark"] == primary), None)
+    label = condition_label({"plw": plw, "regularizer": reg, "reg_value": value})
     vs_ref = {(e["regularizer"], e["reg_value"], e["plw"]): e for e in paired_ref or []}
     lines = [f"Controls on {primary} (mean ± sd over seeds; Δ = difference with the same seed, two-level 95% CI, "
              f"Holm p within the controls family):", "",
-             f"| condition | {primary} | Δ vs PLW 0 | p (Holm) | Δ vs PLW {control_ref:g} | p (Holm) | verdict |",
+             f"| condition | {primary} | Δ vs PLW 0 | p (Holm) | Δ vs {label} | p (Holm) | verdict |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    for e in ([ref] if ref else []) + controls:
+    for e in ([ref] if ref else []) + [e for e in controls if e is not ref]:
         r = vs_ref.get((e["regularizer"], e["reg_value"], e["plw"]))
         lines.append(f"| {condition_label(e)} | {e['mean']:.4g} ± {e['sd']:.2g} | {_cell_ci(e, 'ci2')} | "
                      f"{_fmt(e.get('p_holm'), '.2g')} | {_cell_ci(r, 'ci2') if r else '-'} | "
                      f"{_fmt(r.get('p_holm') if r else None, '.2g')} | "
-                     f"{'the reference' if e is ref else control_verdict(e, r, ref)} |")
+                     f"{'the reference' if e is ref else control_verdict(e, r, ref, label)} |")
     return "\n".join(lines + [""])
 
 

@@ -2,6 +2,7 @@
 
     NANOPLW_FAULT_NAN_ITER=N    the loss of optimizer step N (0-based) becomes NaN
     NANOPLW_FAULT_KILL_CKPT=N   SIGKILL inside the write of checkpoint N (after its files, before the rename)
+    NANOPLW_FAULT_FREE_BYTES=a,b,...  the free disk space reported to each disk check in turn (the last one repeats)
     python tests/fault_train.py <train.py arguments>
 """
 import os
@@ -16,6 +17,7 @@ from util import cli  # noqa: E402
 
 nan_iter = int(os.environ.get("NANOPLW_FAULT_NAN_ITER", -1))
 kill_ckpt = int(os.environ.get("NANOPLW_FAULT_KILL_CKPT", -1))
+free = [int(float(x)) for x in os.environ.get("NANOPLW_FAULT_FREE_BYTES", "").split(",") if x]
 current = {}
 get_lr, micro_loss, write_train_state = train.get_lr, train.micro_loss, checkpoint.write_train_state
 
@@ -36,5 +38,11 @@ def killed_write(state, path):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def free_bytes(path):
+    return free.pop(0) if len(free) > 1 else free[0]
+
+
 train.get_lr, train.micro_loss, checkpoint.write_train_state = lr_seen, nan_loss, killed_write
+if free:
+    checkpoint.free_bytes = free_bytes
 cli(train.main, "train.py")

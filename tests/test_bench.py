@@ -191,3 +191,40 @@ def test_cli_error_exit_code_without_traceback():
                        text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().startswith("bench.py: error: unknown model 'llama-9000b'") and "Traceback" not in r.stderr
+
+
+def test_train_mode_runs_train_py_path_packed(tmp_path, config):
+    # ours as train.py trains: the global batch packed into rows (train.host_batch, train.micro_loss), against HF's
+    # padded rows of batch_size: the same loss, almost no padding on our side
+    results = tmp_path / "r.jsonl"
+    argv = [f"--model={config}", "--mode=train", *FAST, "--grad_accum=4", "--pack=True",
+            "--tokens_per_micro_batch=256", "--json=True", f"--results={results}"]
+    assert bench.main(argv) == 0
+    (row,) = rows_of(results)
+    assert row["pack"] and row["tokens_per_micro_batch"] == 256 and row["micro_steps"] < 4
+    assert row["loss_diff"] < 1e-4 * row["ours"]["first_loss"]
+    assert row["tokens_per_step"] <= row["padded_tokens_per_step"] < 1.05 * row["tokens_per_step"]
+    assert row["hf_padded_tokens_per_step"] > row["padded_tokens_per_step"]
+
+
+def test_plan_of_the_default_gpu_config():
+    # docs/benchmarks.md: the README's 7B command (configs/short_plw01.py on one GPU) fits 80 GB and the plan expects
+    # >= 45% MFU on an H100; the paper's split (32 micro-steps of 4 rows) is the slow one it replaces
+    from config import load_config
+    import train
+    import re
+    readme = re.sub(r"\s*\\\s*\n\s*", " ", (ROOT / "README.md").read_text())  # shell continuations joined
+    assert "python train.py " + " ".join(bench.README_7B) in readme
+    cfg = load_config(train.DEFAULTS, bench.README_7B, ignore=("sweep_",))
+    argv = ["--mode=plan", "--model=llama2-7b", "--dtype=bfloat16", f"--optimizer={cfg['optimizer']}",
+            f"--compile={cfg['compile']}", f"--batch_size={cfg['batch_size']}",
+            f"--grad_accum={cfg['gradient_accumulation_steps']}"]
+    fast = [f"--pack={cfg['pack']}", f"--tokens_per_micro_batch={cfg['tokens_per_micro_batch']}",
+            f"--activation_checkpointing={cfg['activation_checkpointing']}",
+            f"--checkpoint_every={cfg['checkpoint_every']}"]
+    s = bench.setup(load_config(bench.DEFAULTS, argv + fast))
+    plan = bench.bench_plan(s)
+    assert plan["fits"] and plan["memory_gb"]["peak"] < 80 and plan["mfu"] >= 0.45, plan
+    assert plan["padding"] < 0.01
+    paper = bench.bench_plan(bench.setup(load_config(bench.DEFAULTS, argv)))
+    assert paper["mfu"] < plan["mfu"] - 0.1 and paper["micro_steps"] == 32

@@ -204,7 +204,10 @@ def test_record_rows_carry_each_records_numbers(tmp_path):
             "train": {"completion_sum": [3.0], "completion_count": [2], "prompt_sum": [1.0], "prompt_count": [1]},
             "forget": {"sum": [5.0], "count": [4]}, "cloze": {"acc": [1.0, 0.0], "acc_norm": [1.0, 1.0]}}
     (run / "eval_heldout.json").write_text(json.dumps({"records": recs}))
+    (run / "eval_mc.json").write_text(json.dumps({"samples": {"arc_easy": [{"acc": 1.0, "acc_norm": 0.0},
+                                                                             {"acc": 0.0, "acc_norm": 1.0}]}}))
     rows = {r["benchmark"]: r for r in sweep.record_rows(("m/x", "d.json", 0.0, "none", 0.0, 3), run)}
+    assert rows["arc_easy"]["records"] == "mc:arc_easy" and rows["arc_easy"]["num"] == [0.0, 1.0]  # its acc_norm
     assert rows["heldout_nll"]["records"] == "heldout" and rows["heldout_nll"]["num"] == [2.0, 4.0]
     assert rows["train_nll"]["records"] == "train:seed3" and rows["forget_nll"]["den"] == [4]
     assert rows["story_cloze"]["num"] == [1.0, 1.0] and rows["story_cloze"]["den"] == [1, 1]

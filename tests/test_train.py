@@ -1,6 +1,7 @@
 """train.py: the PLW loss against independent computations, split invariance of one update, resume, outputs."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import train
 from data.batch import collate, example_targets, split_micro_batches, step_examples, target_counts
 from data.prepare import load_records, tokenize, select, PROMPT, COMPLETION, TEXT
 from optim import AdamWBF16, stochastic_round_bf16
+import checkpoint
 from checkpoint import load_model
 from tokenizer import Tokenizer
 from config import ConfigError, load_config
@@ -199,7 +201,9 @@ def test_update_is_the_same_for_any_split_of_the_global_batch(tmp_path, records,
             "2x4": dict(args=["--batch_size=2"], accum=4),
             "ddp2x4": dict(args=["--batch_size=4"], torchrun=2, accum=1),
             "ddp4x1x2": dict(args=["--batch_size=1"], torchrun=4, accum=2),
-            "fsdp2x2x2": dict(args=["--batch_size=2", "--parallel=fsdp"], torchrun=2, accum=2)}
+            # FSDP2: two steps, both checkpointed (sharded: a file per rank), the first compared here, then resumed
+            "fsdp2x2x2": dict(args=["--batch_size=2", "--parallel=fsdp", "--max_iters=2", "--checkpoint_interval=1",
+                                    "--keep_checkpoints=2"], torchrun=2, accum=2)}
     for name, r in runs.items():
         run_train(*common, *r["args"], f"--out_dir={tmp_path / name}", torchrun=r.get("torchrun", 0))
         cfg = json.loads((tmp_path / name / "run_config.json").read_text())
@@ -227,7 +231,9 @@ def test_update_is_the_same_for_any_split_of_the_global_batch(tmp_path, records,
     base_log = log_rows(tmp_path / "8x1")[0]
     assert base_log["grad_norm"] == pytest.approx(norm, rel=1e-5)
     for name in runs:
-        w = weights(tmp_path / name)
+        w = weights(tmp_path / name) if name != "fsdp2x2x2" else {
+            checkpoint.hf_key(k): v for k, v in load_model(tmp_path / name / "ckpt-000001").state_dict().items()
+            if k != "lm_head.weight"}
         assert w.keys() == expected.keys()
         err = max((w[k] - expected[k]).abs()[~steep[k]].max().item() for k in expected)
         assert err <= 1e-6, (name, err)
@@ -242,6 +248,16 @@ def test_update_is_the_same_for_any_split_of_the_global_batch(tmp_path, records,
         assert a[key] == pytest.approx(b[key], rel=1e-6) and a[key] != pytest.approx(base_log[key], rel=1e-3), key
     moved = max((weights(tmp_path / "8x1")[k] - weights(STORIES)[k]).abs().max().item() for k in expected)
     assert moved > 1e-5  # the step is 20x the tolerance
+
+    # the FSDP2 run's checkpoints: each rank wrote its own shard; resumed on two ranks from step 1, the second step
+    # is bit for bit the uninterrupted run's
+    fsdp = tmp_path / "fsdp2x2x2"
+    assert {p.name for p in (fsdp / "ckpt-000001").glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
+    two_steps, log = weights(fsdp), log_rows(fsdp)
+    shutil.rmtree(fsdp / "ckpt-000002")
+    run_train(*common, *runs["fsdp2x2x2"]["args"], f"--out_dir={fsdp}", "--resume=True", torchrun=2)
+    assert all(torch.equal(v, weights(fsdp)[k]) for k, v in two_steps.items())
+    assert log_rows(fsdp) == log[:1] + [dict(log[1], tokens_per_s=log_rows(fsdp)[1]["tokens_per_s"])]
 
 
 def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path, data_file):
@@ -265,6 +281,37 @@ def test_resume_after_sigterm_equals_uninterrupted_run(tmp_path, data_file):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bit for bit
     assert [r["iter"] for r in log_rows(b)] == list(range(1, 9))
     assert [r["loss"] for r in log_rows(b)] == [r["loss"] for r in log_rows(tmp_path / "a")]
+
+
+def test_disk_check_and_weights_only_checkpoints(tmp_path, data_file):
+    import re
+    args = [*TINY, f"--dataset={data_file}", "--max_iters=3", "--checkpoint_interval=1"]
+    # before any long work: can the disk hold the run's checkpoints and export? (the free space faked: a test seam)
+    r = run_train(*args, f"--out_dir={tmp_path / 'a'}", env={"NANOPLW_FAULT_FREE_BYTES": "1000"}, check=False)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert re.fullmatch(r"train.py: error: not enough disk space for this run's checkpoints \([0-9.]+ MB each, "
+                        r"keep_checkpoints=1\) and its exported model in \S+: it needs [0-9.]+ MB, 0.0 MB free", last)
+    assert not (tmp_path / "a").exists()  # nothing written
+    # before each checkpoint: weights-only checkpoints, room for the run and the first save, then a full disk
+    b = tmp_path / "b"
+    r = run_train(*args, f"--out_dir={b}", "--checkpoint_weights_only=True", check=False,
+                  env={"NANOPLW_FAULT_FREE_BYTES": "1e12,1e12,0"})
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert re.fullmatch(r"train.py: error: not enough disk space for checkpoint ckpt-000002 in \S+: it needs "
+                        r"[0-9.]+ MB, 0.0 MB free", last), last
+    (ckpt,) = train.list_checkpoints(b)
+    assert ckpt.name == "ckpt-000001" and not list(b.glob(".ckpt-*"))
+    # a weights-only checkpoint: DCP files of the weights alone (load_model reads them), no optimizer state
+    from torch.distributed.checkpoint import FileSystemReader
+    keys = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    assert keys and all(k.startswith("model.") for k in keys)
+    weights_bytes = sum(v.numel() * 4 for v in weights(STORIES).values())
+    assert (ckpt / "__0_0.distcp").stat().st_size < 1.3 * weights_bytes
+    assert not torch.equal(load_model(ckpt).lm_head.weight, load_model(STORIES).lm_head.weight)  # it trained a step
+    r = run_train(*args, f"--out_dir={b}", "--resume=True", check=False)
+    assert r.returncode == 1 and "holds the weights only (checkpoint_weights_only=True)" in r.stderr
 
 
 def test_output_loads_in_transformers_and_loss_falls(tmp_path, data_file):
@@ -492,9 +539,8 @@ def train_gradient(data, ids, plw, batch_size, accum, norm):
     factors = train.row_factors(c, *train.example_weights(*example_targets(data, ids), plw), 1)
     position = {int(e): i for i, e in enumerate(ids)}
     for mb in split_micro_batches(ids, np.diff(data["offsets"]), batch_size, accum):
-        x, y, w, _ = collate(data, mb, plw)
-        f = torch.tensor([factors[position[int(e)]] for e in mb], dtype=torch.float64)
-        loss, _ = train.micro_loss(m, x, y, w, f, 0.0)
+        b = train.host_batch(data, mb, plw, 1, False, 1.0, position, factors)
+        loss, _ = train.micro_loss(m, b["x"], b["y"], b["wl"], 0.0, keep=b["keep"])
         loss.backward()
     return {k: p.grad for k, p in m.named_parameters()}, [ids[r.start:r.stop] for r in train.hf_micro_batches(len(ids),
                                                                                                           batch_size)]
@@ -534,9 +580,8 @@ def test_micro_mean_follows_hf_micro_batches_not_this_runs_split(records):
     position = {int(e): i for i, e in enumerate(ids)}
     m = load_model(STORIES).train()
     for mb in split_by_tokens(ids, np.diff(data["offsets"]), 300):  # a different split of the same step
-        x, y, w, _ = collate(data, mb, PLW)
-        train.micro_loss(m, x, y, w, torch.tensor([factors[position[int(e)]] for e in mb], dtype=torch.float64),
-                         0.0)[0].backward()
+        b = train.host_batch(data, mb, PLW, 1, False, 1.0, position, factors)
+        train.micro_loss(m, b["x"], b["y"], b["wl"], 0.0, keep=b["keep"])[0].backward()
     scale = max(v.abs().max().item() for v in g.values())
     assert max((q.grad - g[k]).abs().max().item() for k, q in m.named_parameters()) <= 1e-6 * scale
     assert not any(set(mb.tolist()) == set(h.tolist()) for mb in split_micro_batches(
