@@ -3,8 +3,10 @@
     NANOPLW_FAULT_NAN_ITER=N    the loss of optimizer step N (0-based) becomes NaN
     NANOPLW_FAULT_KILL_CKPT=N   SIGKILL inside the write of checkpoint N (after its files, before the rename)
     NANOPLW_FAULT_FREE_BYTES=a,b,...  the free disk space reported to each disk check in turn (the last one repeats)
+    NANOPLW_FAULT_FULL_CKPT=N   the disk fills (ENOSPC) inside the write of checkpoint N's train_state.pt
     python tests/fault_train.py <train.py arguments>
 """
+import errno
 import os
 import signal
 import sys
@@ -17,6 +19,7 @@ from util import cli  # noqa: E402
 
 nan_iter = int(os.environ.get("NANOPLW_FAULT_NAN_ITER", -1))
 kill_ckpt = int(os.environ.get("NANOPLW_FAULT_KILL_CKPT", -1))
+full_ckpt = int(os.environ.get("NANOPLW_FAULT_FULL_CKPT", -1))
 free = [int(float(x)) for x in os.environ.get("NANOPLW_FAULT_FREE_BYTES", "").split(",") if x]
 current = {}
 get_lr, micro_loss, write_train_state = train.get_lr, train.micro_loss, checkpoint.write_train_state
@@ -33,6 +36,9 @@ def nan_loss(*args, **kwargs):
 
 
 def killed_write(state, path):
+    if state["iter"] == full_ckpt:
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
     write_train_state(state, path)
     if state["iter"] == kill_ckpt:
         os.kill(os.getpid(), signal.SIGKILL)

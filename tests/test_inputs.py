@@ -19,7 +19,6 @@ import checkpoint
 import sweep
 import train
 import util
-from checkpoint import save_checkpoint
 from config import ConfigError, load_config
 from conftest import ROOT, SHARED, STORIES, require
 from util import DataError, report_errors
@@ -213,18 +212,29 @@ def test_ctrl_c_during_sweep_stops_the_step_cleanly(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- checkpoints, disk
 
-def fake_run(out, steps):
-    """A run directory with checkpoints at `steps` (stories260K's weights, a small train_state.pt)"""
-    for s in steps:
-        ck = out / f"ckpt-{s:06d}"
-        shutil.copytree(STORIES, ck)
-        torch.save({"iter": s, "optimizer": {"state": {0: torch.zeros(1000)}}}, ck / "train_state.pt")
-    (out / "run_config.json").write_text("{}")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A real run with checkpoints after steps 2 and 4 (torch.distributed.checkpoint shards + train_state.pt)"""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    r = subprocess.run([sys.executable, "train.py", "configs/tiny_stories.py", f"--dataset={SAMPLE}", f"--out_dir={out}",
+                        "--max_iters=4", "--checkpoint_interval=2", "--keep_checkpoints=2", "--max_seq_len=256",
+                        "--checkpoint_async=False"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def fake_run(trained, out, steps):
+    """A copy of the trained run keeping the checkpoints at `steps` (of 2, 4)"""
+    shutil.copytree(trained, out)
+    for ck in train.list_checkpoints(out):
+        if int(ck.name.removeprefix("ckpt-")) not in steps:
+            shutil.rmtree(ck)
     return [out / f"ckpt-{s:06d}" for s in steps]
 
 
-def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path):
-    ckpts = fake_run(tmp_path / "a", [2, 4])
+def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, trained):
+    ckpts = fake_run(trained, tmp_path / "a", [2, 4])
     state = ckpts[-1] / "train_state.pt"
     state.write_bytes(state.read_bytes()[:300])  # cut short, as a full disk or a killed copy leaves it
     with pytest.raises(DataError) as e:
@@ -232,15 +242,20 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path):
     assert str(e.value).startswith(f"checkpoint 4 ({ckpts[-1]}) is damaged: train_state.pt is not whole")
     assert str(e.value).endswith(f"resume from checkpoint 2 (move {ckpts[-1]} away first) or start over with "
                                  f"--overwrite=True")
-    ckpts = fake_run(tmp_path / "b", [3])
-    (ckpts[0] / "model.safetensors").write_bytes((ckpts[0] / "model.safetensors").read_bytes()[:5000])
-    with pytest.raises(DataError, match=r"checkpoint 3 .* is damaged: its weights are not readable .*; start over"):
+    ckpts = fake_run(trained, tmp_path / "b", [2])
+    shard = next(ckpts[0].glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:5000])
+    with pytest.raises(DataError, match=r"checkpoint 2 .* is damaged: its weights or optimizer state are not whole "
+                                        r".*; start over"):
+        checkpoint.check_checkpoint(ckpts)
+    (ckpts[0] / ".metadata").unlink()
+    with pytest.raises(DataError, match=r"checkpoint 2 .* is damaged: its DCP metadata \(.metadata\) is missing"):
         checkpoint.check_checkpoint(ckpts)
 
 
-def test_resuming_from_a_truncated_train_state_is_one_line(tmp_path):
+def test_resuming_from_a_truncated_train_state_is_one_line(tmp_path, trained):
     out, cache = tmp_path / "run", tmp_path / "cache"
-    ckpts = fake_run(out, [2])
+    ckpts = fake_run(trained, out, [2])
     (ckpts[0] / "train_state.pt").write_bytes((ckpts[0] / "train_state.pt").read_bytes()[:200])
     before = files_in(out)
     r = subprocess.run([sys.executable, "train.py", "configs/tiny_stories.py", f"--out_dir={out}", "--resume=True"],
@@ -265,38 +280,19 @@ def test_a_moved_run_folder_resumes(tmp_path):
         checkpoint.resume_state({**c, "learning_rate": 0.1}, [ck], 16, "f", train.DEFAULTS, train.RESUMABLE_CHANGES)
 
 
-def checkpoint_args():
-    model = checkpoint.load_model(STORIES)
-    sd = {checkpoint.hf_key(k): v for k, v in model.state_dict().items()}
-    return sd, model.args, STORIES / "tokenizer.model", {"iter": 3, "opt": torch.zeros(10)}
-
-
-def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temp_dir(tmp_path, monkeypatch):
-    sd, args, tok, state = checkpoint_args()
-
-    def full(state, path):
-        Path(path).write_bytes(b"x" * 10)
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(checkpoint, "write_train_state", full)
-    with pytest.raises(DataError) as e:
-        save_checkpoint(tmp_path, 3, sd, args, tok, state, keep=1)
-    msg = str(e.value)
-    assert msg.startswith(f"disk full while writing checkpoint 3 to {tmp_path / '.ckpt-000003.tmp'}: it needs about ")
-    assert "is free; the last checkpoint before it is whole, so free space and resume with --resume=True" in msg
-    assert files_in(tmp_path) == []
-    # safetensors says it otherwise (SafetensorError, not OSError): the same line
-    from safetensors import SafetensorError
-    monkeypatch.setattr(checkpoint, "save_file", lambda *a, **k: (_ for _ in ()).throw(
-        SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left "
-                        "on device\" })")))
-    with pytest.raises(DataError, match="disk full while writing checkpoint 3"):
-        save_checkpoint(tmp_path, 3, sd, args, tok, state, keep=1)
-    assert files_in(tmp_path) == []
-    # and a disk that cannot hold it is refused before writing
-    monkeypatch.setattr(util.shutil, "disk_usage", lambda p: type("Usage", (), {"free": 1000})())
-    with pytest.raises(DataError, match=r"no room for checkpoint 3 in .*: it needs about 1\.\d MB, 0\.0 MB is free"):
-        save_checkpoint(tmp_path, 3, sd, args, tok, state, keep=1)
-    assert files_in(tmp_path) == []
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temp_dir(tmp_path):
+    # train.py writing checkpoint 2 (torch.distributed.checkpoint shards, then train_state.pt) when the disk fills:
+    # one line naming the checkpoint, its temp directory and the space, exit 1; checkpoint 1 whole, no temp left
+    out = tmp_path / "run"
+    args = ["tests/fault_train.py", "configs/tiny_stories.py", f"--dataset={SAMPLE}", f"--out_dir={out}",
+            "--max_iters=3", "--checkpoint_interval=1", "--keep_checkpoints=3", "--max_seq_len=256"]
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "NANOPLW_FAULT_FULL_CKPT": "2", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    line = r.stderr.strip().splitlines()[-1]
+    assert f"disk full while writing checkpoint 2 to {out / '.ckpt-000002.tmp'}: it needs about " in line
+    assert "is free; the last checkpoint before it is whole, so free space and resume with --resume=True" in line
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith((".ckpt", "ckpt"))) == ["ckpt-000001"]
 
 
 def test_a_full_disk_names_the_file(tmp_path):
