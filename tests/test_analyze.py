@@ -284,10 +284,18 @@ def test_cli_bad_input_subprocess(tmp_path):
     assert ":2:" in p.stderr and "invalid JSON" in p.stderr
 
 
+def test_two_plws_are_compared_without_a_curve(tmp_path, capsys):
+    # a grid of two PLWs (or of controls around one): its table and comparisons, and the reason there is no curve
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text("".join(json.dumps({"plw": p, "benchmark": "piqa", "score": p}) + "\n" for p in (0, 0.1)))
+    assert main(["--scores", str(scores)]) == 0
+    out = capsys.readouterr().out
+    assert "| 0.1 |" in out and "no fit (a quadratic needs at least 3 distinct PLW values, got 2 (0, 0.1))" in out
+
+
 @pytest.mark.parametrize("content,needle", [
     (None, "no such file"),
     ('{"plw": 0, "benchmark": "piqa"}\n', ":1: missing key(s) score"),
-    ("".join(json.dumps({"plw": p, "benchmark": "piqa", "score": p}) + "\n" for p in (0, 0.1)), "at least 3"),
     ('{"plw": -1, "benchmark": "piqa", "score": 1}\n', "plw must be"),
     ("[1, 2]\n", "expected a JSON object"),
 ])

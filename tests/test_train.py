@@ -69,7 +69,8 @@ def batch(records, plw, n=6):
 @pytest.mark.parametrize("plw", [0.0, 1.0, 0.1])
 def test_plw_loss_equals_independent_computation(records, plw):
     transformers = pytest.importorskip("transformers")
-    x, y, w, p = batch(records, plw)
+    x, y, w, r = batch(records, plw)
+    p = r == PROMPT  # the prompt targets
     ours = load_model(STORIES)
     hf = transformers.LlamaForCausalLM.from_pretrained(STORIES).float().eval()
     full = torch.cat([x[:, :1], y.clamp(min=0)], 1)  # each row's whole sequence: inputs + the last target
@@ -90,7 +91,7 @@ def test_plw_loss_equals_independent_computation(records, plw):
 
 
 def test_label_smoothing_inside_the_weighting(records):
-    x, y, w, p = batch(records, 0.1)
+    x, y, w, _ = batch(records, 0.1)
     m = load_model(STORIES)
     with torch.no_grad():
         ours = (m(x, y, label_smoothing=0.1) * w).sum() / w.sum()
