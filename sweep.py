@@ -23,6 +23,7 @@ this sweep would use is refused in one line, never mixed into the same condition
 labelled with its run; Ctrl-C (or SIGTERM) lets the running step stop cleanly (train.py checkpoints), then exits
 with one line (a second Ctrl-C kills the step; its last checkpoint stays whole).
 """
+import filecmp
 import itertools
 import json
 import os
@@ -390,9 +391,14 @@ def expected_config(c, cond, run_dir, sweep_dir):
 
 
 def same(a, b):
+    """Equal settings: equal values, or two paths to the same file or to files with the same bytes (a run copied
+    from another sweep directory, whose seed data lives there)"""
     if a == b:
         return True
-    return isinstance(a, str) and isinstance(b, str) and (a or b) and Path(a).resolve() == Path(b).resolve()
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    pa, pb = Path(a), Path(b)
+    return pa.resolve() == pb.resolve() or (pa.is_file() and pb.is_file() and filecmp.cmp(pa, pb, shallow=False))
 
 
 def check_settings(c, cond, run_dir, sweep_dir):
@@ -527,7 +533,7 @@ def main(argv):
         extra += ["--title", c["sweep_title"]]
     if c["sweep_figure_measures"]:
         extra += ["--measures", c["sweep_figure_measures"]]
-    if len({g[2] for g in grid}) >= 3:
+    if rows:  # a grid of fewer than 3 PLWs gets its tables and comparisons, without a curve
         if analyze.main(["--scores", str(scores), "--out", str(sweep_dir / "analysis"), *extra]) != 0:
             raise ConfigError(f"the analysis of {scores} failed (above); the runs and scores are kept")
     return 0
