@@ -533,7 +533,7 @@ def main(argv):
         extra += ["--title", c["sweep_title"]]
     if c["sweep_figure_measures"]:
         extra += ["--measures", c["sweep_figure_measures"]]
-    if rows:  # a grid of fewer than 3 PLWs gets its tables and comparisons, without a curve
+    if len(grid) > 1:  # a grid of fewer than 3 PLWs gets its tables and comparisons, without a curve
         if analyze.main(["--scores", str(scores), "--out", str(sweep_dir / "analysis"), *extra]) != 0:
             raise ConfigError(f"the analysis of {scores} failed (above); the runs and scores are kept")
     return 0
