@@ -198,15 +198,16 @@ def disk_full(e):
 
 
 def choose_threads(torch_module, env=os.environ):
-    """CPU threads for this process: OMP_NUM_THREADS when the user set it; otherwise torch's default, lowered when
-    other work already keeps the cores busy (one thread per core that the 1-minute load average leaves free, at
-    least 1). On a busy machine OpenMP threads that spin-wait for a descheduled peer make small matmuls many times
-    slower (measured: README, Set up). -> a note to print when the count was lowered, else None."""
+    """CPU threads for this process: OMP_NUM_THREADS when the user set it; otherwise torch's default, lowered once
+    other work keeps every core busy (the 1-minute load average at least the core count): then 2 x cores - load, at
+    least 1. On a saturated machine OpenMP threads that spin-wait for a descheduled peer make small matmuls many times
+    slower; below saturation (a load that is mostly the last command's echo) all threads are faster (measured:
+    README, Set up). -> a note to print when the count was lowered, else None."""
     if env.get("OMP_NUM_THREADS") or not hasattr(os, "getloadavg"):
         return None
     cores, have = os.cpu_count() or 1, torch_module.get_num_threads()
     load = os.getloadavg()[0]
-    want = max(1, min(have, int(cores - load + 0.5)))
+    want = have if load < cores else max(1, min(have, int(2 * cores - load)))
     if want >= have:
         return None
     torch_module.set_num_threads(want)

@@ -158,9 +158,10 @@ class FakeTorch:
 
 def test_threads_are_chosen_for_a_busy_cpu(monkeypatch):
     # the 1-minute load average is what bench.py reads too; faked here, as a real load generator takes a minute.
-    # One thread per core the load leaves free, at least 1; OMP_NUM_THREADS set by the user is left alone.
+    # All threads below saturation; from a load of the core count on, 2 x cores - load, at least 1; OMP_NUM_THREADS
+    # set by the user is left alone.
     monkeypatch.setattr(util.os, "cpu_count", lambda: 2)
-    for load, want in ((0.2, 2), (0.8, 1), (1.6, 1), (6.0, 1)):
+    for load, want in ((0.2, 2), (0.8, 2), (1.6, 2), (2.5, 1), (6.0, 1)):
         monkeypatch.setattr(util.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
         t = FakeTorch(2)
         note = util.choose_threads(t, env={})
