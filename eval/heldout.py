@@ -348,43 +348,50 @@ def main(argv=None):
     e.add_argument("--device", default="cpu")
     e.add_argument("--output", required=True)
     args = p.parse_args(argv)
-
     if args.cmd == "split":
-        check_writable(Path(args.out) / "split.json")
-        records = load_records(args.src)
-        train, held, report = split(records, Tokenizer(args.tokenizer), args.max_seq_len, args.n_heldout,
-                                    args.n_train, args.seed)
-        out = Path(args.out)
-        report["src"] = str(args.src)
-        files = [(args.train_name, train), ("heldout.json", held)]
-        if args.mc_n > 0:
-            items = choice_items(held, args.mc_n, args.mc_k, args.seed, Tokenizer(args.tokenizer), args.max_seq_len)
-            report.update(mc_n=len(items), mc_k=args.mc_k, mc_seed=args.seed)
-            files.append(("heldout_mc.json", items))
-        for name, recs in files:
-            text = json.dumps(recs, indent=4)
-            atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
-        write_json(out / "split.json", report, indent=1)
-        print(json.dumps(report, indent=1))
-        return 0
+        return split_main(args)
+    if args.cmd == "base_samples" and args.cloze_context and not 0 < args.cloze_context < args.tokens:
+        raise ValueError(f"--cloze_context must be in (0, --tokens {args.tokens}), got {args.cloze_context}")
     check_writable(args.output)
-    if args.cmd == "base_samples":
-        model, tok = load_model_and_tokenizer(args.model, "cpu", "float32")
-        torch.manual_seed(args.seed)
-        samples = base_samples(model, tok, args.n, args.tokens, args.seed)
-        meta = {"model": str(args.model), "n": args.n, "tokens": args.tokens, "seed": args.seed, "temperature": 1.0}
-        if args.cloze_context > 0:
-            if not 0 < args.cloze_context < args.tokens:
-                raise ValueError(f"--cloze_context must be in (0, --tokens {args.tokens}), got {args.cloze_context}")
-            items = cloze_items(samples, args.cloze_context, args.cloze_k, args.seed)
-            write_json(args.output, {**meta, "context": args.cloze_context, "k": args.cloze_k, "items": items},
-                       indent=None)
-            print(f"wrote {args.output}: {len(items)} cloze items, {args.cloze_context} context tokens, "
-                  f"{args.cloze_k} choices of {args.tokens - args.cloze_context} tokens")
-            return 0
-        write_json(args.output, {**meta, "samples": samples}, indent=1)
-        print(f"wrote {args.output}: {args.n} samples of {args.tokens} tokens; first: {samples[0]['text'][:200]!r}")
+    return base_samples_main(args) if args.cmd == "base_samples" else eval_main(args)
+
+
+def split_main(args):
+    check_writable(Path(args.out) / "split.json")
+    records, tok = load_records(args.src), Tokenizer(args.tokenizer)
+    train, held, report = split(records, tok, args.max_seq_len, args.n_heldout, args.n_train, args.seed)
+    out = Path(args.out)
+    report["src"] = str(args.src)
+    files = [(args.train_name, train), ("heldout.json", held)]
+    if args.mc_n > 0:
+        items = choice_items(held, args.mc_n, args.mc_k, args.seed, tok, args.max_seq_len)
+        report.update(mc_n=len(items), mc_k=args.mc_k, mc_seed=args.seed)
+        files.append(("heldout_mc.json", items))
+    for name, recs in files:
+        text = json.dumps(recs, indent=4)
+        atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    write_json(out / "split.json", report, indent=1)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def base_samples_main(args):
+    model, tok = load_model_and_tokenizer(args.model, "cpu", "float32")
+    torch.manual_seed(args.seed)
+    samples = base_samples(model, tok, args.n, args.tokens, args.seed)
+    meta = {"model": str(args.model), "n": args.n, "tokens": args.tokens, "seed": args.seed, "temperature": 1.0}
+    if args.cloze_context > 0:
+        items = cloze_items(samples, args.cloze_context, args.cloze_k, args.seed)
+        write_json(args.output, {**meta, "context": args.cloze_context, "k": args.cloze_k, "items": items}, indent=None)
+        print(f"wrote {args.output}: {len(items)} cloze items, {args.cloze_context} context tokens, "
+              f"{args.cloze_k} choices of {args.tokens - args.cloze_context} tokens")
         return 0
+    write_json(args.output, {**meta, "samples": samples}, indent=1)
+    print(f"wrote {args.output}: {args.n} samples of {args.tokens} tokens; first: {samples[0]['text'][:200]!r}")
+    return 0
+
+
+def eval_main(args):
     model, tok = load_model_and_tokenizer(args.model, args.device, "float32")
     samples = read_base_samples(args.base_samples) if args.base_samples else []
     train = load_records(args.train)
@@ -397,7 +404,6 @@ def main(argv=None):
     write_json(args.output, res, indent=None)  # one line: it carries every record's numbers
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items() if k not in ("samples", "records")})
     return 0
-
 
 if __name__ == "__main__":
     cli(main, "heldout.py")
