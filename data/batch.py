@@ -152,9 +152,9 @@ def example_targets(data, ids):
     """(targets, prompt targets, plain-text targets) per example, (len(ids),) int64 each, from the data alone:
     identical on every rank, no device sync."""
     o, roles = data["offsets"], data["roles"]
-    prompt = np.array([int((roles[o[i] + 1:o[i + 1]] == PROMPT).sum()) for i in ids], dtype=np.int64)
-    text = np.array([int((roles[o[i] + 1:o[i + 1]] == TEXT).sum()) for i in ids], dtype=np.int64)
-    return (o[ids + 1] - o[ids] - 1).astype(np.int64), prompt, text
+    counts = np.array([np.bincount(roles[o[i] + 1:o[i + 1]], minlength=TEXT + 1) for i in ids],
+                      dtype=np.int64).reshape(len(ids), TEXT + 1)                     # (len(ids), 3) per role
+    return (o[ids + 1] - o[ids] - 1).astype(np.int64), counts[:, PROMPT], counts[:, TEXT]
 
 
 def target_counts(data, ids):
