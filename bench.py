@@ -363,8 +363,8 @@ def train_batches(n, batch_size, grad_accum, seq_len, vocab, plw, gen, budget=0,
                 if budget else fixed)
         micro = [collate(data, m, plw, 8)[:3] for m in fixed]
         wsum = sum(float(w.sum()) for _, _, w in micro)
-        place, factors = {int(e): i for i, e in enumerate(ids)}, np.full(len(ids), 1 / wsum)  # global normalisation
-        out.append({"micro": micro, "ours": [train.host_batch(data, m, plw, 8, pack, 1.0, place, factors) for m in ours],
+        factors = np.full(len(ids), 1 / wsum)  # global normalisation
+        out.append({"micro": micro, "ours": [train.host_batch(data, m, plw, 8, pack, 1.0, ids, factors) for m in ours],
                     "wsum": wsum, "tokens": target_counts(data, ids)[0],
                     "padded": sum(x.numel() for x, _, _ in micro), "ours_padded": padded_tokens(ours, lengths, 8, pack),
                     "lens": (lengths[ids] - 1).tolist()})

@@ -210,23 +210,23 @@ def row_factors(c, sw, nz, world):
     return f
 
 
-def host_batch(data, mb, plw, pad_multiple, packed, text_weight, place, factors):
+def host_batch(data, mb, plw, pad_multiple, packed, text_weight, ids, factors):
     """One micro-batch as CPU tensors: x, y, w, r (collate's or collate_packed's), keep (the non-padding targets'
     indices: found here, not by a device sync), for packed rows pos and doc (positions restarting per example, and
-    each token's example), ex (B, T) each token's example's place in the step (G + 2 on padding: train_step's sink
-    slot), and wl = w x the token's example's row_factor, the weights the loss is summed with."""
+    each token's example), ex (B, T) each token's example's place in the step's order ids (G + 2 on padding:
+    train_step's sink slot), and wl = w x the token's example's row_factor, the weights the loss is summed with."""
     sink = len(factors) + 2
+    order = np.argsort(ids)                                  # ids[order] is sorted: a place is found by bisection
     if not packed:
         x, y, w, r = collate(data, mb, plw, pad_multiple, text_weight)
         b = dict(x=x, y=y, w=w, r=r)
-        ex = np.repeat([[place[int(e)]] for e in mb], y.shape[1], axis=1)                  # (B, T)
+        d = np.repeat(np.asarray(mb)[:, None], y.shape[1], axis=1)                         # (B, T) example ids
     else:
         x, y, w, r, pos, doc = collate_packed(data, [mb], plw, pad_multiple, text_weight)
         b = dict(x=x, y=y, w=w, r=r, input_pos=pos, doc=doc)
-        known = np.array(sorted(place))
-        d = doc.numpy()
-        ex = np.where(d >= 0, np.array([place[i] for i in known])[np.searchsorted(known, d.clip(0))], sink)
-    ex = np.where(y.numpy() >= 0, ex, sink)
+        d = doc.numpy()                                                                    # (1, T), -1 on padding
+    ex = order[np.searchsorted(ids[order], d.clip(0))]                                     # (B, T) places
+    ex = np.where((y.numpy() >= 0) & (d >= 0), ex, sink)
     b["keep"] = (y.view(-1) >= 0).nonzero().squeeze(1)                                   # (n,) on the host
     b["ex"] = torch.from_numpy(ex.astype(np.int64))
     b["wl"] = w * torch.from_numpy(np.append(factors, [0.0, 0.0, 0.0])[ex].astype(np.float32))
@@ -488,7 +488,6 @@ def train_step(run, model, it, autocast, pad_multiple):
     n_t, n_p, n_x = example_targets(data, ids)                                     # (G,) targets, prompt, text
     sw, nz = example_weights(n_t, n_p, n_x, plw, c["text_loss_weight"])            # (G,) sum w, count of w > 0
     factors = row_factors(c, sw, nz, world)                                        # (G,)
-    place = {int(e): i for i, e in enumerate(ids)}  # an example's place in the step's order
     budget, packed = c["tokens_per_micro_batch"], c["pack"]
     micro = (pack_rows(ids, lengths, budget, world, pad_multiple) if packed else
              split_by_tokens(ids, lengths, budget, world, pad_multiple) if budget else
@@ -499,7 +498,7 @@ def train_step(run, model, it, autocast, pad_multiple):
     G = len(ids)
     stats = torch.zeros(G + 3, dtype=torch.float64, device=dev)
     for k, mb in enumerate(micro[rank::world]):
-        b = host_batch(data, mb, plw, pad_multiple, packed, c["text_loss_weight"], place, factors)
+        b = host_batch(data, mb, plw, pad_multiple, packed, c["text_loss_weight"], ids, factors)
         b = {name: (t.pin_memory() if dev.startswith("cuda") else t).to(dev, non_blocking=True) for name, t in b.items()}
         last = k == n_mine - 1
         sync = model.no_sync() if world > 1 and not fsdp and not last else nullcontext()

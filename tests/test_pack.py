@@ -109,12 +109,11 @@ def test_packed_update_equals_per_example_for_every_loss_norm(stories_data, norm
     ref = independent_gradient(records, plw, ids, norm, micro=micro)
     c = {"loss_norm": norm, "batch_size": bs}
     factors = train.row_factors(c, *train.example_weights(*example_targets(data, ids), plw), world)
-    place = {int(e): i for i, e in enumerate(ids)}
     m = train.load_model(STORIES).train()
     rows = pack_rows(ids, lengths, 600, world)
     assert len(rows) >= 2 * world and max(len(r) for r in rows) >= 2  # several rows, several examples in a row
     for row in rows:
-        b = train.host_batch(data, row, plw, 1, True, 1.0, place, factors)
+        b = train.host_batch(data, row, plw, 1, True, 1.0, ids, factors)
         loss, _ = train.micro_loss(m, b["x"], b["y"], b["wl"] / world, 0.0, keep=b["keep"],  # ranks' average
                                    input_pos=b["input_pos"], doc=b["doc"])
         loss.backward()

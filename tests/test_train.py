@@ -538,9 +538,8 @@ def train_gradient(data, ids, plw, batch_size, accum, norm):
     m = load_model(STORIES).train()
     c = {"loss_norm": norm, "batch_size": batch_size}
     factors = train.row_factors(c, *train.example_weights(*example_targets(data, ids), plw), 1)
-    position = {int(e): i for i, e in enumerate(ids)}
     for mb in split_micro_batches(ids, np.diff(data["offsets"]), batch_size, accum):
-        b = train.host_batch(data, mb, plw, 1, False, 1.0, position, factors)
+        b = train.host_batch(data, mb, plw, 1, False, 1.0, ids, factors)
         loss, _ = train.micro_loss(m, b["x"], b["y"], b["wl"], 0.0, keep=b["keep"])
         loss.backward()
     return {k: p.grad for k, p in m.named_parameters()}, [ids[r.start:r.stop] for r in train.hf_micro_batches(len(ids),
@@ -578,10 +577,9 @@ def test_micro_mean_follows_hf_micro_batches_not_this_runs_split(records):
     g, micro = train_gradient(data, ids, PLW, 2, 4, "micro_mean")
     factors = train.row_factors({"loss_norm": "micro_mean", "batch_size": 2},
                                 *train.example_weights(*example_targets(data, ids), PLW), 1)
-    position = {int(e): i for i, e in enumerate(ids)}
     m = load_model(STORIES).train()
     for mb in split_by_tokens(ids, np.diff(data["offsets"]), 300):  # a different split of the same step
-        b = train.host_batch(data, mb, PLW, 1, False, 1.0, position, factors)
+        b = train.host_batch(data, mb, PLW, 1, False, 1.0, ids, factors)
         train.micro_loss(m, b["x"], b["y"], b["wl"], 0.0, keep=b["keep"])[0].backward()
     scale = max(v.abs().max().item() for v in g.values())
     assert max((q.grad - g[k]).abs().max().item() for k, q in m.named_parameters()) <= 1e-6 * scale
