@@ -368,9 +368,9 @@ def check_inputs(c, grid, sweep_dir):
     for key in ("heldout", "heldout_train", "forget", "heldout_mc", "cloze"):
         if s(key) and not Path(s(key)).is_file():
             raise ConfigError(f"--{key} {s(key)}: file not found")
-    for d in dict.fromkeys(g[1] for g in grid):
-        if s("train_n") and d not in DATASETS and len(load_records(dataset_file(d))) < s("train_n"):
-            raise ConfigError(f"--train_n {s('train_n')} exceeds the {len(load_records(dataset_file(d)))} records of {d}")
+    for d in dict.fromkeys(g[1] for g in grid) if s("train_n") else ():
+        if d not in DATASETS and (n := len(load_records(dataset_file(d)))) < s("train_n"):
+            raise ConfigError(f"--train_n {s('train_n')} exceeds the {n} records of {d}")
     check_writable(sweep_dir / "scores.jsonl")
 
 
