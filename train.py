@@ -38,6 +38,7 @@ from optim import AdamWBF16
 from tokenizer import Tokenizer
 from util import STOP, DataError, catch_stop_signals, choose_threads, cli, write_json
 
+_imported = set(globals())  # the names above are not settings (the role codes PROMPT, COMPLETION, TEXT are ints)
 # -----------------------------------------------------------------------------
 # default config: Stanford Alpaca's recipe, which the paper used (LLaMA-2-7B, 3 epochs, global batch 128)
 out_dir = "out"                 # the run directory; it ends as an HF model directory + log.jsonl
@@ -99,7 +100,8 @@ checkpoint_every = 1            # with activation_checkpointing: only every k-th
 optimizer = "adamw"             # adamw: fp32 weights and state | adamw_bf16: bf16 weights, gradients and state,
                                 # fp32 update math, stochastic rounding (7B on one 80 GB GPU; optim.py)
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+DEFAULTS = {k: v for k, v in globals().items()
+            if k not in _imported and not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 # what may differ when resuming: the micro-batch split of the same global batch gives the same update, and a run
 # may be extended (a longer max_iters / epochs recomputes the LR schedule from the resume point on); out_dir is where
 # the run is now (a run folder moved or copied elsewhere resumes there)
